@@ -1,0 +1,184 @@
+"""Command lines: argument parsing and error reporting, nothing else.
+
+``mdd-run`` and ``mdd-sweep`` are the two main entry points; ``mdd`` holds the
+smaller tools as subcommands (``mdd data``, ``mdd ui``, ``mdd pretrain``,
+``mdd consistency``, ``mdd report``). Errors a user can cause arrive here as
+``MddError`` and are printed as one message with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
+from mdd.errors import MddError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML file, e.g. experiments/fashion_mnist.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field (repeatable), e.g. --set sample.ipc=50",
+    )
+
+
+def _guarded(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return body(args)
+    except MddError as exc:
+        print(f"mdd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mdd: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from mdd.config import load_config
+    from mdd.data import load_dataset
+
+    config = load_config(args.config, args.overrides)
+    splits = load_dataset(config.data)
+    print(splits.summary())
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from mdd.config import TrackingConfig, load_config
+    from mdd.tracking import redact, tracking_uri
+
+    tracking = load_config(args.config).tracking if args.config else TrackingConfig()
+    uri = tracking_uri(tracking)
+    # Bind to loopback unless asked otherwise: the UI has no authentication.
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
+    command += ["--port", str(args.port)]
+    print(f"MLflow UI for {redact(uri)} on http://{args.host}:{args.port}", flush=True)
+    bin_dir = os.path.dirname(sys.executable)
+    command[0] = os.path.join(bin_dir, "mlflow")
+    return subprocess.call(command)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mdd.config import load_config
+
+    # Validate before importing torch and friends: a bad file fails in a blink.
+    config = load_config(args.config, args.overrides)
+    from mdd.pipeline import run_experiment
+
+    return run_experiment(config, config_path=args.config, dry_run=args.dry_run)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from mdd.config import load_config
+    from mdd.pipeline import pretrain_only
+
+    config = load_config(args.config, args.overrides)
+    pretrain_only(config, export=args.export)
+    return 0
+
+
+def _cmd_consistency(args: argparse.Namespace) -> int:
+    from mdd.config import load_config
+    from mdd.pipeline import measure_consistency
+
+    config = load_config(args.config, args.overrides)
+    measure_consistency(config, per_class=args.per_class)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mdd.config import TrackingConfig
+    from mdd.report import write_report
+
+    tracking = TrackingConfig(experiment=args.experiment)
+    print(write_report(tracking, args.out))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mdd.sweep import run_sweep
+
+    return run_sweep(args)
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdd-run",
+        description="One reproduction run: pretrain if needed, fine-tune, sample, evaluate; "
+        "every stage logged to MLflow.",
+    )
+    _add_config_args(parser)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the stage plan and what is cached"
+    )
+    return parser
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdd-sweep",
+        description="An Optuna study over the minimax weights, memory size and IPC; "
+        "every trial is an MLflow run.",
+    )
+    parser.add_argument("sweep", help="sweep YAML file, e.g. sweeps/fashion_mnist.yaml")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite under runs/)")
+    parser.add_argument("--n-trials", type=int, help="total trials across all workers")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    return parser
+
+
+def _mdd_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdd", description="mdd tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="where the data is, split sizes and fingerprint")
+    _add_config_args(data)
+    data.set_defaults(body=_cmd_data)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the same store")
+    ui.add_argument("config", nargs="?", help="experiment YAML (for tracking settings)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(body=_cmd_ui)
+
+    pretrain = sub.add_parser("pretrain", help="pretrain the base model of a config")
+    _add_config_args(pretrain)
+    pretrain.add_argument("--export", help="also copy the base model into this folder")
+    pretrain.set_defaults(body=_cmd_pretrain)
+
+    consistency = sub.add_parser(
+        "consistency", help="class consistency of the base model, judged by a ConvNet-3"
+    )
+    _add_config_args(consistency)
+    consistency.add_argument("--per-class", type=int, default=100)
+    consistency.set_defaults(body=_cmd_consistency)
+
+    report = sub.add_parser("report", help="paper-style results table from the MLflow store")
+    report.add_argument("--experiment", default="mdd")
+    report.add_argument("--out", default="runs/report", help="folder for report.md and .csv")
+    report.set_defaults(body=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _mdd_parser().parse_args(argv)
+    return _guarded(args.body, args)
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    return _guarded(_cmd_run, _run_parser().parse_args(argv))
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    return _guarded(_cmd_sweep, _sweep_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Typed configuration: one flat set of plain values per section, loaded from YAML.
+
+Every field has a default that reproduces the embedded Fashion-MNIST setting, so
+an experiment file only states what differs. Unknown keys and wrong types are
+rejected with one message that names the file, the field, what was expected and
+a hint (see ``load_config``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mdd.errors import ConfigError
+
+Method = Literal["minimax", "dit", "random", "herding", "kcenter", "full"]
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a typo such as `lamda_r` into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: Literal["fashion_mnist", "imagenet_subset"] = "fashion_mnist"
+    root: Path | None = None  # Fashion-MNIST IDX folder, or the ImageNet train root
+    val_root: Path | None = None  # ImageNet val root (class folders); the test split
+    subset: Literal["woof", "nette", "idc"] | None = None
+    image_size: int = Field(28, ge=8)
+    val_per_class: int = Field(500, ge=0)
+    split_seed: int = 0
+    on_corrupt: Literal["skip", "fail"] = "skip"
+    download_dir: Path = Path("runs/data")
+
+    @model_validator(mode="after")
+    def _subset_needs_folders(self) -> DataConfig:
+        if self.dataset == "imagenet_subset" and self.subset is None:
+            raise ValueError("data.subset is required for imagenet_subset (woof, nette or idc)")
+        return self
+
+
+class AutoencoderConfig(Section):
+    kind: Literal["identity", "conv", "sd_vae"] = "conv"
+    path: str | None = None  # sd_vae: local diffusers folder or hub id
+    latent_channels: int = Field(4, ge=1)
+    scaling_factor: float | None = None  # sd_vae: 0.18215; conv: 1/std of the latents
+    epochs: int = Field(3, ge=0)  # conv: trained once by mdd, cached
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    flip: bool = False  # cache horizontally flipped latents too (ImageNet setting)
+
+
+class ModelConfig(Section):
+    preset: str = "latent-s"  # a name from mdd.diffusion.backbone.PRESETS
+    path: str | None = None  # DiT-XL/2: diffusers folder, hub id or original .pt
+    compile: bool = False  # torch.compile the backbone (CUDA)
+
+
+class PretrainConfig(Section):
+    checkpoint: Path | None = None  # a shipped base model; skips pretraining when set
+    epochs: float = Field(6.0, gt=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(200, ge=0)
+    ema_decay: float = Field(0.999, ge=0, le=1)
+    checkpoint_every_steps: int = Field(500, ge=1)
+    label_dropout: float = Field(0.1, ge=0, le=1)
+
+
+class FinetuneConfig(Section):
+    lambda_r: float = Field(0.002, ge=0)  # representativeness weight (METHOD.md section 2)
+    lambda_d: float = Field(0.008, ge=0)  # diversity weight
+    memory_size: int = Field(64, ge=1)
+    difffit: bool = True  # train only the DiffFit subset (METHOD.md section 3)
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0, le=1)
+    label_dropout: float = Field(0.1, ge=0, le=1)
+    checkpoint_every_steps: int = Field(200, ge=1)
+
+
+class SampleConfig(Section):
+    ipc: int = Field(10, ge=1)
+    guidance_scale: float = Field(2.0, ge=1)
+    steps: int = Field(50, ge=1)
+    scheduler: Literal["ddpm", "ddim"] = "ddpm"
+    batch_size: int = Field(250, ge=1)
+
+
+class EvalConfig(Section):
+    """A protocol preset (mdd.eval.protocols) with any of its values overridden here."""
+
+    protocol: Literal["dc", "idc", "proxy"] = "dc"
+    networks: list[str] = Field(default_factory=lambda: ["convnet3"])
+    repeats: int = Field(3, ge=1)
+    norm: Literal["instance", "batch", "none"] = "instance"
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+
+
+class TrackingConfig(Section):
+    uri: str | None = None  # default sqlite:///runs/mlflow.db; MLFLOW_TRACKING_URI wins
+    experiment: str = "mdd"
+    artifact_root: Path = Path("runs/artifacts")
+
+
+class Config(Section):
+    name: str = "fashion_mnist"
+    method: Method = "minimax"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: Path = Path("runs/cache")
+    data: DataConfig = Field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none are named), for cache keys."""
+        data = self.to_dict()
+        picked = {name: data[name] for name in sections} if sections else data
+        blob = json.dumps(picked, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set sample.ipc=50")
+    dotted, raw = text.split("=", 1)
+    # YAML parsing gives `--set finetune.lambda_r=0.01` a float and `eval.networks=[a, b]` a list.
+    return dotted.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``section.key=value`` overrides on raw config data, before validation."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {key!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(data: Any, source: str, where: str = "") -> Any:
+    """Replace ``${VAR}`` in string values by the environment variable, or say which is unset.
+
+    The ImageWoof experiments take weight and data paths from the environment so one
+    file serves every machine.
+    """
+    if isinstance(data, dict):
+        return {k: expand_env(v, source, f"{where}{k}.") for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, source, where) for v in data]
+    if not isinstance(data, str):
+        return data
+    missing = [name for name in _ENV_VAR.findall(data) if name not in os.environ]
+    if missing:
+        field = where.rstrip(".")
+        raise ConfigError(
+            f"{source}: field '{field}' uses ${{{missing[0]}}}, which is not set. "
+            f"Hint: export {missing[0]}=/path/to/... (see the comments at the top of the file)."
+        )
+    return _ENV_VAR.sub(lambda match: os.environ[match.group(1)], data)
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = ".".join(str(p) for p in error["loc"][:-1])
+        owner = _section_model(section)
+        known = ", ".join(owner.model_fields) if owner else ""
+        hint = f"known keys here: {known}" if known else "check the spelling"
+        return f"{source}: unknown key '{field}'. Hint: {hint}."
+    given = error.get("input")
+    return (
+        f"{source}: field '{field}' {error['msg'].lower()} (got {given!r}). "
+        "Hint: see the defaults in mdd/config.py or `mdd-run --help`."
+    )
+
+
+def _section_model(dotted: str) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in filter(None, dotted.split(".")):
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def build_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        messages = [_describe(err, source) for err in exc.errors()]
+        raise ConfigError("\n".join(messages)) from None
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base`` (sections merge, values replace)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One YAML mapping; ``extends: other.yaml`` (relative to the file) is merged underneath."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such config file. Hint: the shipped ones are under experiments/."
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Hint: check indentation.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level.")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to {parent_path}.")
+    return merge(read_yaml(parent_path, (*seen, parent_path)), data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML experiment file, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    data = read_yaml(path)
+    apply_overrides(data, overrides or [])
+    return build_config(expand_env(data, str(path)), source=str(path))

@@ -1,0 +1,207 @@
+"""Everything mdd says to MLflow goes through here: no other module imports mlflow.
+
+Runs are handled through ``MlflowClient`` with explicit run ids rather than the
+fluent ``mlflow.start_run`` stack, so a parent run, its nested stage runs and
+the trials of a sweep can be written from one process (or many) without a
+hidden global "active run".
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from mdd.config import Config, TrackingConfig
+from mdd.errors import MddError
+
+DEFAULT_STORE = "runs/mlflow.db"
+_PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value
+_BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of any ``scheme://user:password@host`` URL in ``text``."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """``$MLFLOW_TRACKING_URI`` first, then the config, then a sqlite file under ``runs/``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    if uri:
+        return uri
+    store = Path.cwd() / DEFAULT_STORE
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: MLflow params are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_state(repo: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the working tree the code runs from, for provenance."""
+    cwd = repo or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"mdd.git_commit": "unknown", "mdd.git_dirty": "unknown"}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"mdd.git_commit": commit, "mdd.git_dirty": str(bool(dirty)).lower()}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance_tags(config: Config, data_fingerprint: str | None, device: str) -> dict[str, str]:
+    """The tags every mdd run carries (issue: foundation, tracking)."""
+    tags = {
+        "mdd.config_hash": config.section_hash(),
+        "mdd.data_fingerprint": data_fingerprint or "none",
+        "mdd.device": device,
+        "mdd.host": platform.node(),
+        "mdd.method": config.method,
+    }
+    for package in ("torch", "diffusers", "mlflow", "optuna"):
+        tags[f"mdd.version.{package}"] = _version(package)
+    tags.update(git_state())
+    return tags
+
+
+@dataclass
+class RunHandle:
+    """One MLflow run, written through the tracker's client."""
+
+    tracker: Tracker
+    run_id: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [
+            Param(key, redact(str(value))[:_PARAM_VALUE_LIMIT])
+            for key, value in flatten(params).items()
+        ]
+        for start in range(0, len(items), 100):
+            self.tracker.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        for start in range(0, len(items), _BATCH_LIMIT):
+            self.tracker.client.log_batch(self.run_id, metrics=items[start : start + _BATCH_LIMIT])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(key, redact(str(value))) for key, value in tags.items()]
+        self.tracker.client.log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.tracker.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.tracker.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, file_name: str) -> None:
+        self.tracker.client.log_text(self.run_id, redact(text), file_name)
+
+    def log_config(self, config: Config) -> None:
+        """The resolved configuration, as the YAML file that reproduces this run."""
+        self.log_text(config.to_yaml(), "config.yaml")
+
+
+class Tracker:
+    """A connection to one MLflow store and one experiment in it."""
+
+    def __init__(self, cfg: TrackingConfig):
+        self.uri = tracking_uri(cfg)
+        # MLflow retries an unreachable server with backoff for minutes by default;
+        # a worker should fail fast with a message instead (unless the user set these).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment(cfg)
+
+    def _experiment(self, cfg: TrackingConfig) -> str:
+        try:
+            found = self.client.get_experiment_by_name(cfg.experiment)
+            if found is not None:
+                return found.experiment_id
+            # A local store keeps artifacts beside it under runs/; a tracking server
+            # decides its own artifact location.
+            location = None
+            if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+                location = (Path.cwd() / cfg.artifact_root).resolve().as_uri()
+            try:
+                return self.client.create_experiment(cfg.experiment, artifact_location=location)
+            except MlflowException:
+                # Another worker created it between our lookup and our create.
+                found = self.client.get_experiment_by_name(cfg.experiment)
+                if found is None:
+                    raise
+                return found.experiment_id
+        except MlflowException as exc:
+            raise MddError(
+                f"MLflow tracking store {redact(self.uri)} is not usable: {redact(str(exc))}. "
+                "Hint: check tracking.uri / MLFLOW_TRACKING_URI and that the server is up."
+            ) from None
+
+    @contextmanager
+    def run(
+        self,
+        name: str,
+        tags: Mapping[str, Any] | None = None,
+        parent: RunHandle | None = None,
+    ) -> Iterator[RunHandle]:
+        """A run that ends FINISHED, or FAILED (with the error as a tag) if the body raises."""
+        all_tags = {key: redact(str(value)) for key, value in (tags or {}).items()}
+        if parent is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+        created = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        handle = RunHandle(self, created.info.run_id)
+        try:
+            yield handle
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            handle.set_tags({"mdd.error": f"{type(exc).__name__}: {exc}"[:5000]})
+            self.client.set_terminated(handle.run_id, status=status)
+            raise
+        self.client.set_terminated(handle.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+
+    def search(self, filter_string: str = "", max_results: int = 10000) -> list[Any]:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, max_results=max_results
+        )
