@@ -51,7 +51,7 @@ class AutoencoderConfig(Section):
     path: str | None = None  # sd_vae: local diffusers folder or hub id
     latent_channels: int = Field(4, ge=1)
     scaling_factor: float | None = None  # sd_vae: 0.18215; conv: 1/std of the latents
-    epochs: int = Field(3, ge=0)  # conv: trained once by mdd, cached
+    epochs: float = Field(3.0, gt=0)  # conv: trained once by mdd, cached
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
     flip: bool = False  # cache horizontally flipped latents too (ImageNet setting)

@@ -107,7 +107,9 @@ def test_environment_variables_expand_and_missing_ones_are_named(
     monkeypatch.setenv("MDD_TEST_ROOT", "/data/imagenet")
     assert load_config(path).data.root == Path("/data/imagenet/train")
     monkeypatch.delenv("MDD_TEST_ROOT")
-    with pytest.raises(ConfigError, match=r"'data.root' uses \$\{MDD_TEST_ROOT\}, which is not set"):
+    with pytest.raises(
+        ConfigError, match=r"'data.root' uses \$\{MDD_TEST_ROOT\}, which is not set"
+    ):
         load_config(path)
 
 

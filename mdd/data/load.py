@@ -79,8 +79,10 @@ class DatasetSplits:
         return "\n".join(lines)
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear, antialiased resize of uint8 [N, C, H, W] images to [N, C, size, size]."""
+    if images.shape[-2:] == (size, size):
+        return images
     chunks = [
         F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
         .round_()
@@ -106,7 +108,7 @@ def _load_fashion_mnist(cfg: DataConfig) -> DatasetSplits:
     def image_set(images: torch.Tensor, labels: torch.Tensor) -> ImageSet:
         images = images.unsqueeze(1)  # [N, 28, 28] -> [N, 1, 28, 28]
         if cfg.image_size != images.shape[-1]:
-            images = _resize(images, cfg.image_size)
+            images = resize_images(images, cfg.image_size)
         return ImageSet(images, labels.long())
 
     full_train = image_set(

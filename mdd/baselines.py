@@ -1,0 +1,101 @@
+"""Real-image baselines: pick IPC training images per class (METHOD.md section 6: Random, Herding).
+
+- ``select_random``: a seeded uniform draw per class.
+- ``select_herding``: greedy mean matching (Welling 2009; Rebuffi et al. 2017, as in IDC's
+  coreset.py): step k takes the unpicked item x minimising
+  ``|| mu - (sum of the picked + x) / k ||`` for the class mean ``mu``.
+- ``select_kcenter``: greedy k-center (farthest-point) selection: start from one item and
+  repeatedly add the item farthest from everything picked so far.
+
+Herding and k-center work on features: the penultimate layer of a ConvNet-3 trained
+briefly on the training split (``mdd.eval.reference``).
+Indices come back class by class (ascending), in selection order within a class. The
+loop over steps is Python; every step is one tensor operation over the class's items.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mdd.errors import DataError
+
+
+def _class_members(labels: torch.Tensor, ipc: int) -> list[torch.Tensor]:
+    """Indices of each class present in ``labels``, checked to hold at least ``ipc`` items."""
+    if ipc < 1:
+        raise DataError(f"sample.ipc: {ipc} images per class. Hint: use at least 1.")
+    members = []
+    for c in torch.unique(labels).tolist():
+        index = torch.nonzero(labels == c).flatten()
+        if len(index) < ipc:
+            raise DataError(
+                f"class {c} has {len(index)} training images, fewer than ipc={ipc}. "
+                "Hint: lower sample.ipc or use a larger training split."
+            )
+        members.append(index)
+    return members
+
+
+def select_random(labels: torch.Tensor, ipc: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    members = _class_members(labels.cpu(), ipc)
+    return torch.cat([m[torch.randperm(len(m), generator=generator)[:ipc]] for m in members])
+
+
+def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` picks of greedy mean matching among ``features`` [n, d]."""
+    x = features.double()
+    n = len(x)
+    mean = x.mean(dim=0)
+    sq_norms = (x * x).sum(dim=1)
+    picked_sum = torch.zeros_like(mean)
+    taken = torch.zeros(n, dtype=torch.bool)
+    order = torch.empty(count, dtype=torch.long)
+    for k in range(1, count + 1):
+        # k^2 || mu - (s + x) / k ||^2 = ||x||^2 + 2 x.(s - k mu) + const: one mat-vec a step.
+        score = sq_norms + 2 * (x @ (picked_sum - k * mean))
+        score[taken] = float("inf")
+        pick = int(torch.argmin(score))
+        order[k - 1] = pick
+        taken[pick] = True
+        picked_sum += x[pick]
+    return order
+
+
+def kcenter_order(features: torch.Tensor, count: int, start: int) -> torch.Tensor:
+    """The first ``count`` picks of farthest-point selection among ``features`` from ``start``."""
+    x = features.double()
+    taken = torch.zeros(len(x), dtype=torch.bool)
+    nearest = torch.full((len(x),), float("inf"), dtype=torch.float64)
+    order = torch.empty(count, dtype=torch.long)
+    pick = start
+    for k in range(count):
+        order[k] = pick
+        taken[pick] = True
+        nearest = torch.minimum(nearest, ((x - x[pick]) ** 2).sum(dim=1))
+        pick = int(torch.argmax(nearest.masked_fill(taken, -1.0)))
+    return order
+
+
+def select_herding(features: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
+    labels = labels.cpu()
+    members = _class_members(labels, ipc)
+    return torch.cat([m[herding_order(features[m].cpu(), ipc)] for m in members])
+
+
+def select_kcenter(
+    features: torch.Tensor, labels: torch.Tensor, ipc: int, seed: int | None = None
+) -> torch.Tensor:
+    """k-center per class. ``seed=None`` starts from the item closest to the class mean
+    (deterministic); an int starts from a seeded random item of each class."""
+    labels = labels.cpu()
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    picks = []
+    for m in _class_members(labels, ipc):
+        x = features[m].cpu().double()
+        if generator is None:
+            start = int(torch.argmin(((x - x.mean(dim=0)) ** 2).sum(dim=1)))
+        else:
+            start = int(torch.randint(len(m), (1,), generator=generator))
+        picks.append(m[kcenter_order(x, ipc, start)])
+    return torch.cat(picks)

@@ -1,0 +1,188 @@
+"""Batched classifier-free-guided sampling of latents from a diffusers DiT (METHOD.md section 3).
+
+The loop is our own rather than ``diffusers.DiTPipeline`` because the pipeline drops the
+learned-variance channels before the scheduler step, so the paper's sampler (respaced DDPM with
+``variance_type="learned_range"``) fails there. Here the scheduler gets the full ``2C``-channel
+output: the guided eps followed by the conditional half's variance values, as in the DiT code.
+
+Results do not depend on the batch size: item ``i`` of a call draws its initial noise and every
+DDPM step's noise from its own CPU generator seeded by ``(seed, i)`` (see ``item_generator``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from mdd.errors import ConfigError
+
+SchedulerKind = Literal["ddpm", "ddim"]
+
+# The DiT / improved-DDPM training schedule (METHOD.md section 3).
+_BETAS = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "clip_sample": False,
+}
+
+
+def make_scheduler(
+    kind: SchedulerKind, steps: int, learned_variance: bool
+) -> DDPMScheduler | DDIMScheduler:
+    """A diffusers scheduler respaced to ``steps`` sampling steps, as the DiT code samples.
+
+    DDPM: improved-DDPM respacing (``space_timesteps(1000, str(steps))``, DiT's ``sample.py``)
+    keeps the timesteps ``round(linspace(0, 999, steps))`` and gives each kept step the beta
+    ``1 - abar_t / abar_prev`` of the jump to the previous kept step; with learned variance the
+    log-variance interpolates between the log posterior variance and the log of that beta.
+    diffusers' DDPMScheduler does exactly this once its timesteps are set: ``previous_timestep``
+    looks up the next entry of ``timesteps`` and ``step`` / ``_get_variance`` compute beta,
+    posterior variance and the ``learned_range`` interpolation from ``abar_t`` and ``abar_prev``
+    (checked against an independent float64 improved-DDPM implementation in
+    tests/test_sampling.py). Only its default ``timestep_spacing="leading"`` differs (it keeps
+    0, 20, ..., 980 for 50 steps), so ``"linspace"`` is set here to keep DiT's timesteps.
+
+    DDIM: diffusers' DDIMScheduler always steps back by ``1000 // steps``, so it needs its
+    default ``"leading"`` spacing, which is also improved-DDPM's ``"ddimN"`` respacing when
+    ``steps`` divides 1000. eta is 0 (deterministic); DDIM has no use for a learned variance.
+    """
+    if kind == "ddpm":
+        scheduler: DDPMScheduler | DDIMScheduler = DDPMScheduler(
+            **_BETAS,
+            variance_type="learned_range" if learned_variance else "fixed_small",
+            timestep_spacing="linspace",
+        )
+    elif kind == "ddim":
+        scheduler = DDIMScheduler(**_BETAS, set_alpha_to_one=True, timestep_spacing="leading")
+    else:
+        raise ConfigError(f"sample.scheduler: unknown sampler {kind!r}. Hint: use ddpm or ddim.")
+    # Timesteps stay on the CPU: the loop passes them to step() as Python ints.
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def item_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of item ``index`` of a sampling call: one stream per (seed, item)."""
+    # SeedSequence mixes (seed, index) so that no two pairs share a stream; it needs non-negative
+    # entropy, hence the modulo for negative seeds.
+    state = np.random.SeedSequence([seed % 2**64, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state))
+
+
+def make_labels(num_classes: int, ipc: int) -> torch.Tensor:
+    """Class-major labels for ``ipc`` images per class: 0, ..., 0, 1, ..., 1, ... (int64)."""
+    return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(ipc)
+
+
+def sample_latents(
+    model: DiTTransformer2DModel,
+    labels: torch.Tensor,
+    latent_shape: tuple[int, int, int],
+    *,
+    guidance_scale: float,
+    steps: int,
+    scheduler: SchedulerKind,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample one latent per label; returns float32 ``[N, C, H, W]`` on the CPU.
+
+    ``guidance_scale`` 1 runs the conditional model only; above 1 each batch is doubled with
+    the null class (``model.config.num_embeds_ada_norm``) and the eps channels are guided as
+    ``eps_u + s * (eps_c - eps_u)`` (METHOD.md section 3). The model is run in eval mode under
+    ``torch.inference_mode``, with autocast to ``autocast_dtype`` when one is given; its
+    training flag is restored afterwards.
+    """
+    channels = latent_shape[0]
+    config = model.config
+    if config.in_channels != channels:
+        raise ConfigError(
+            f"the latents have {channels} channels but the DiT takes {config.in_channels}. "
+            "Hint: autoencoder.latent_channels must match the model's in_channels."
+        )
+    out_channels = config.out_channels or config.in_channels
+    if out_channels not in (channels, 2 * channels):
+        raise ConfigError(
+            f"the DiT outputs {out_channels} channels; sampling needs {channels} (eps) or "
+            f"{2 * channels} (eps and learned variance). Hint: check model.preset."
+        )
+    num_classes = config.num_embeds_ada_norm
+    labels = labels.to(dtype=torch.int64, device="cpu")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ConfigError(
+            f"sampling labels must lie in [0, {num_classes}) for this DiT, got "
+            f"{int(labels.min())}..{int(labels.max())}. Hint: the dataset's class count must "
+            "match the model's num_embeds_ada_norm."
+        )
+    noise_scheduler = make_scheduler(scheduler, steps, learned_variance=out_channels > channels)
+
+    latents = torch.empty((len(labels), *latent_shape), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            starts = range(0, len(labels), batch_size)
+            for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
+                stop = min(start + batch_size, len(labels))
+                latents[start:stop] = _sample_batch(
+                    model,
+                    noise_scheduler,
+                    labels[start:stop].to(device),
+                    [item_generator(seed, index) for index in range(start, stop)],
+                    latent_shape,
+                    guidance_scale=guidance_scale,
+                    null_class=num_classes,
+                    device=device,
+                    autocast_dtype=autocast_dtype,
+                ).cpu()
+    finally:
+        model.train(was_training)
+    return latents
+
+
+def _sample_batch(
+    model: DiTTransformer2DModel,
+    noise_scheduler: DDPMScheduler | DDIMScheduler,
+    labels: torch.Tensor,
+    generators: list[torch.Generator],
+    latent_shape: tuple[int, int, int],
+    *,
+    guidance_scale: float,
+    null_class: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    channels = latent_shape[0]
+    guided = guidance_scale != 1.0
+    # A list of CPU generators makes randn_tensor draw item by item on the CPU (then move the
+    # noise to the device), so each item's noise is independent of its batch neighbours.
+    x = randn_tensor((len(labels), *latent_shape), generator=generators, device=device)
+    class_labels = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+    for timestep in noise_scheduler.timesteps.tolist():
+        model_input = torch.cat([x, x]) if guided else x
+        t = torch.full((len(model_input),), timestep, dtype=torch.int64, device=device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            output = model(hidden_states=model_input, timestep=t, class_labels=class_labels).sample
+        # The scheduler's arithmetic (1 / sqrt(abar_t) near t = 999) stays in float32.
+        output = output.float()
+        if guided:
+            # As in DiT's forward_with_cfg, but guiding all C eps channels (DiT guides only the
+            # first 3 "for exact reproducibility"); the variance comes from the conditional half.
+            cond, uncond = output.chunk(2)
+            eps_cond, eps_uncond = cond[:, :channels], uncond[:, :channels]
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            output = torch.cat([eps, cond[:, channels:]], dim=1)
+        if isinstance(noise_scheduler, DDIMScheduler):
+            output = output[:, :channels]
+        x = noise_scheduler.step(output, timestep, x, generator=generators).prev_sample
+    return x

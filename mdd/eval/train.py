@@ -1,0 +1,343 @@
+"""Train a fresh evaluation network on a (surrogate) set and test it (METHOD.md section 5).
+
+``train_and_evaluate`` runs one network through a protocol: SGD with a step schedule,
+the protocol's augmentation, and a test evaluation every ``protocol.eval_every`` epochs
+and at the end. ``evaluate_repeats`` does that for R freshly initialised networks and
+reports mean and standard deviation of both the last and the best accuracy (the DC
+protocol reports the last, the paper's IDC protocol the best). Accuracies are in percent.
+
+The whole training set lives on the device as uint8; a batch is indexed, normalised and
+augmented as one tensor, so nothing in the loop runs per image in Python.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mdd.errors import ConfigError, DataError
+from mdd.eval.augment import cutmix, dsa_augment, idc_augment
+from mdd.eval.networks import create_network
+from mdd.eval.protocols import Protocol, lr_milestones
+from mdd.runtime import seed_everything
+
+TEST_BATCH = 1024
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class EvalResult:
+    last_acc: float  # % on the test tensors after the last epoch
+    best_acc: float  # % best over the evaluations made during training
+    best_epoch: int
+    history: list[tuple[int, float, float]]  # (epoch, mean train loss, test acc %)
+    per_class_acc: list[float]  # % per class, last epoch
+    confusion: list[list[int]]  # [true class][predicted class], last epoch
+    wall_s: float
+
+
+@dataclass
+class RepeatedResult:
+    network: str
+    last_acc_mean: float
+    last_acc_std: float  # population std (numpy's default), as the DC code reports
+    best_acc_mean: float
+    best_acc_std: float
+    per_class_acc_mean: list[float]
+    confusion: list[list[int]]  # summed over the repeats
+    runs: list[EvalResult] = field(default_factory=list)
+
+
+def _check_set(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise DataError(
+            f"{what} images: expected uint8 [N, C, H, W], got {images.dtype} "
+            f"{list(images.shape)}. Hint: pass images as stored, before normalisation."
+        )
+    if labels.dim() != 1 or len(labels) != len(images) or len(images) == 0:
+        raise DataError(
+            f"{what}: {len(images)} images but labels of shape {list(labels.shape)}. "
+            "Hint: one int64 label per image, at least one image."
+        )
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise DataError(
+            f"{what} labels: range [{int(labels.min())}, {int(labels.max())}] is outside "
+            f"[0, {num_classes - 1}]. Hint: check num_classes."
+        )
+
+
+def _check_training(
+    images: torch.Tensor, labels: torch.Tensor, protocol: Protocol, num_classes: int
+) -> None:
+    _check_set(images, labels, num_classes, "training")
+    channels, height = images.shape[1], images.shape[2]
+    if len(protocol.mean) not in (1, channels):
+        raise ConfigError(
+            f"protocol {protocol.name!r} normalises {len(protocol.mean)} channel(s) but the "
+            f"images have {channels}. Hint: pick the protocol made for this dataset."
+        )
+    if protocol.image_size is not None and height != protocol.image_size:
+        raise ConfigError(
+            f"protocol {protocol.name!r} expects {protocol.image_size} px images, got "
+            f"{height} px. Hint: set data.image_size={protocol.image_size} or pick another "
+            "protocol."
+        )
+
+
+class _Normalise:
+    def __init__(self, protocol: Protocol, device: torch.device) -> None:
+        self.mean = torch.tensor(protocol.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(protocol.std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0)
+
+
+def _loss(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    protocol: Protocol,
+    normalise: _Normalise,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The training loss of one batch of uint8 images under the protocol's augmentation."""
+    if protocol.augmentation == "dsa":
+        # DSA works on normalised images, as in the DC code.
+        x = dsa_augment(
+            normalise(_to_unit(x)), generator, protocol.dsa_strategy, protocol.dsa_per_sample
+        )
+        return F.cross_entropy(net(x), y)
+    if protocol.augmentation == "idc":
+        x = normalise(idc_augment(_to_unit(x), generator))
+        x, y_pasted, kept = cutmix(x, y, generator, protocol.cutmix_beta)
+        out = net(x)
+        return kept * F.cross_entropy(out, y) + (1 - kept) * F.cross_entropy(out, y_pasted)
+    return F.cross_entropy(net(normalise(_to_unit(x))), y)
+
+
+@torch.inference_mode()
+def _in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    protocol: Protocol,
+    device: torch.device,
+) -> torch.Tensor:
+    normalise = _Normalise(protocol, device)
+    outs = [fn(normalise(_to_unit(chunk.to(device)))).cpu() for chunk in images.split(TEST_BATCH)]
+    return torch.cat(outs)
+
+
+def predict(
+    net: nn.Module, images: torch.Tensor, protocol: Protocol, device: torch.device
+) -> torch.Tensor:
+    """Predicted classes of uint8 images, in batches of ``TEST_BATCH``, on the CPU."""
+    net.eval()
+    return _in_batches(lambda x: net(x).argmax(dim=1), images, protocol, device)
+
+
+def extract_features(
+    net: nn.Module, images: torch.Tensor, protocol: Protocol, device: torch.device
+) -> torch.Tensor:
+    """Penultimate features ``net.features`` of uint8 images, in batches, float32 on the CPU."""
+    net.eval()
+    return _in_batches(lambda x: net.features(x).float(), images, protocol, device)
+
+
+def _confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    flat = labels.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def train_network(
+    network: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    *,
+    protocol: Protocol,
+    num_classes: int,
+    seed: int,
+    device: torch.device | str,
+    norm: str = "instance",
+    evaluate: Callable[[nn.Module], float] | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, list[tuple[int, float, float]]]:
+    """Train a freshly initialised ``network`` with ``protocol``; return it and its history.
+
+    ``evaluate(net) -> acc %`` runs every ``protocol.eval_every`` epochs and after
+    the last; ``history`` holds (epoch, mean train loss, acc) for those epochs.
+    ``on_epoch(epoch, metrics)`` runs after every epoch (1-based) with ``train_loss``,
+    ``lr`` and, when evaluated, ``acc``; an exception it raises (a pruner's) propagates.
+    """
+    device = torch.device(device)
+    _check_training(train_images, train_labels, protocol, num_classes)
+    generator = seed_everything(seed)  # the weights come from the global RNG, seeded here
+    _, channels, height, _ = train_images.shape
+    net = create_network(network, num_classes, channels, height, norm).to(device)
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=protocol.lr,
+        momentum=protocol.momentum,
+        weight_decay=protocol.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=lr_milestones(protocol), gamma=protocol.lr_decay
+    )
+    images = train_images.to(device)
+    labels = train_labels.to(device=device, dtype=torch.long)
+    normalise = _Normalise(protocol, device)
+    n = len(labels)
+    batch_size = min(protocol.batch_size, n)  # a tiny surrogate set is one whole batch
+    history: list[tuple[int, float, float]] = []
+    epochs = range(1, protocol.epochs + 1)
+    for epoch in tqdm(epochs, desc=network, disable=not progress, leave=False):
+        net.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for index in order.split(batch_size):
+            loss = _loss(net, images[index], labels[index], protocol, normalise, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(index)
+        metrics = {"train_loss": float(loss_sum) / n, "lr": optimizer.param_groups[0]["lr"]}
+        scheduler.step()
+        if evaluate is not None and (epoch % protocol.eval_every == 0 or epoch == epochs[-1]):
+            metrics["acc"] = evaluate(net)
+            history.append((epoch, metrics["train_loss"], metrics["acc"]))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return net, history
+
+
+def train_and_evaluate(
+    network: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    protocol: Protocol,
+    num_classes: int,
+    seed: int,
+    device: torch.device | str,
+    norm: str = "instance",
+    on_epoch: EpochCallback | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Train a fresh ``network`` on uint8 ``train_images`` and test it on ``test_images``."""
+    start = time.perf_counter()
+    device = torch.device(device)
+    _check_set(test_images, test_labels, num_classes, "test")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(
+            f"training images are {list(train_images.shape[1:])} but test images are "
+            f"{list(test_images.shape[1:])}. Hint: resize the surrogate set to the test size."
+        )
+    test_labels = test_labels.long().cpu()
+    last_preds = torch.empty(0, dtype=torch.long)
+
+    def evaluate(net: nn.Module) -> float:
+        nonlocal last_preds
+        last_preds = predict(net, test_images, protocol, device)
+        return 100.0 * int((last_preds == test_labels).sum()) / len(test_labels)
+
+    _, history = train_network(
+        network,
+        train_images,
+        train_labels,
+        protocol=protocol,
+        num_classes=num_classes,
+        seed=seed,
+        device=device,
+        norm=norm,
+        evaluate=evaluate,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    confusion = _confusion(test_labels, last_preds, num_classes)
+    per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1).double()
+    best = max(history, key=lambda entry: entry[2])  # the earliest of equal bests
+    return EvalResult(
+        last_acc=history[-1][2],
+        best_acc=best[2],
+        best_epoch=best[0],
+        history=history,
+        per_class_acc=per_class.tolist(),
+        confusion=confusion.tolist(),
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def evaluate_repeats(
+    network: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    protocol: Protocol,
+    num_classes: int,
+    repeats: int,
+    seed: int,
+    device: torch.device | str,
+    norm: str = "instance",
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    progress: bool = False,
+) -> RepeatedResult:
+    """``repeats`` fresh networks with seeds ``seed .. seed + repeats - 1``.
+
+    ``on_epoch(repeat, epoch, metrics)`` is ``train_and_evaluate``'s callback with the
+    repeat index (0-based) in front.
+    """
+    if repeats < 1:
+        raise ConfigError(f"eval.repeats: {repeats}. Hint: use at least 1.")
+    runs = []
+    for r in range(repeats):
+        callback = None
+        if on_epoch is not None:
+
+            def callback(epoch: int, metrics: dict[str, float], r: int = r) -> None:
+                on_epoch(r, epoch, metrics)
+
+        runs.append(
+            train_and_evaluate(
+                network,
+                train_images,
+                train_labels,
+                test_images,
+                test_labels,
+                protocol=protocol,
+                num_classes=num_classes,
+                seed=seed + r,
+                device=device,
+                norm=norm,
+                on_epoch=callback,
+                progress=progress,
+            )
+        )
+    last = np.array([run.last_acc for run in runs])
+    best = np.array([run.best_acc for run in runs])
+    return RepeatedResult(
+        network=network,
+        last_acc_mean=float(last.mean()),
+        last_acc_std=float(last.std()),
+        best_acc_mean=float(best.mean()),
+        best_acc_std=float(best.std()),
+        per_class_acc_mean=np.mean([run.per_class_acc for run in runs], axis=0).tolist(),
+        confusion=np.sum([run.confusion for run in runs], axis=0).tolist(),
+        runs=runs,
+    )

@@ -1,0 +1,93 @@
+"""Class consistency of a base model: is it good enough to distill from?
+
+METHOD.md section 4: the share of the model's class-conditional samples (default
+sampler and guidance) that a ConvNet-3 trained on the real training split assigns
+to the intended class. A usable base reaches at least 90 %.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mdd.config import Config
+from mdd.data.surrogate import save_grid
+from mdd.diffusion.sampling import make_labels
+from mdd.eval.reference import judge_cache_path, judge_protocol, train_judge
+from mdd.eval.train import predict
+from mdd.stages.sample import generate_images
+
+if TYPE_CHECKING:
+    from mdd.pipeline import Core
+    from mdd.stages.pretrain import BaseModel
+
+
+@dataclass
+class ConsistencyResult:
+    consistency: float  # share of samples classified as their intended class, 0..1
+    per_class: list[float]
+    judge_test_acc: float  # the judge's own accuracy on the real test split, %
+    samples_per_class: int
+    grid: Path
+    wall_s: float
+
+    def describe(self) -> str:
+        per_class = " ".join(f"{100 * value:.0f}" for value in self.per_class)
+        return (
+            f"class consistency {100 * self.consistency:.1f} % "
+            f"({self.samples_per_class} samples per class; per class %: {per_class}); "
+            f"judge ConvNet-3 test accuracy {self.judge_test_acc:.1f} %; {self.wall_s:.0f} s"
+        )
+
+
+def consistency_of(
+    judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> tuple[float, list[float]]:
+    """Overall and per-class share of ``images`` the judge assigns to ``labels``."""
+    predicted = predict(judge, images, judge_protocol(), device)
+    hits = (predicted == labels).float()
+    num_classes = int(labels.max()) + 1
+    per_class = torch.zeros(num_classes).index_add_(0, labels, hits)
+    per_class /= torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    return float(hits.mean()), per_class.tolist()
+
+
+def class_consistency(
+    core: Core, base: BaseModel, config: Config, per_class: int, folder: Path
+) -> ConsistencyResult:
+    """Sample ``per_class`` images per class from ``base`` and judge them."""
+    started = time.perf_counter()
+    data = core.data
+    num_classes = len(data.class_names)
+    judge_cache = judge_cache_path(config.cache_dir, data.fingerprint, config.seed)
+    train, device = data.train, core.device
+    judge = train_judge(train.images, train.labels, num_classes, config.seed, judge_cache, device)
+    test_predictions = predict(judge, data.test.images, judge_protocol(), core.device)
+    judge_acc = 100.0 * float((test_predictions == data.test.labels).float().mean())
+
+    labels = make_labels(num_classes, per_class)
+    label_map = torch.arange(num_classes)
+    images = generate_images(base, labels, label_map, config.sample, config.seed, core.device)
+    consistency, per_class_share = consistency_of(judge, images, labels, core.device)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = folder / "consistency_grid.png"
+    save_grid(images, labels, grid)
+    result = ConsistencyResult(
+        consistency=consistency,
+        per_class=per_class_share,
+        judge_test_acc=judge_acc,
+        samples_per_class=per_class,
+        grid=grid,
+        wall_s=time.perf_counter() - started,
+    )
+    record = {**dataclasses.asdict(result), "grid": str(grid)}
+    record["sample"] = config.sample.model_dump()
+    (folder / "consistency.json").write_text(json.dumps(record, indent=2))
+    return result

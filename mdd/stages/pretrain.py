@@ -1,0 +1,242 @@
+"""Pretraining the embedded default's base model: a small autoencoder, then a latent DiT.
+
+METHOD.md section 4: no pretrained DiT can be downloaded on an offline machine,
+so mdd trains its own on the Fashion-MNIST training split, once. A pixel-space
+DiT small enough for a CPU produced noise; a convolutional autoencoder to 7x7x4
+latents plus a latent DiT works, and mirrors the paper's VAE + DiT pipeline.
+
+The result is a *base folder* that loads without this code:
+``autoencoder/`` (config.json + model.safetensors), ``transformer/``
+(diffusers ``save_pretrained``, EMA weights) and ``base.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiTTransformer2DModel
+from tqdm import tqdm
+
+from mdd.config import Config
+from mdd.data import ImageSet
+from mdd.data.latents import LatentSet, cached_latents
+from mdd.diffusion.autoencoder import (
+    Autoencoder,
+    build_autoencoder,
+    load_autoencoder,
+    save_autoencoder,
+    train_conv_autoencoder,
+)
+from mdd.diffusion.backbone import create_backbone
+from mdd.diffusion.difffit import disable_block_label_dropout, drop_labels
+from mdd.diffusion.losses import diffusion_loss
+from mdd.diffusion.schedule import NoiseSchedule
+from mdd.diffusion.training import (
+    TrainState,
+    check_finite,
+    load_checkpoint,
+    save_checkpoint,
+    update_ema,
+    warmup_lr,
+)
+
+MetricLogger = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class BaseModel:
+    """A class-conditional diffusion model and its autoencoder, ready to fine-tune."""
+
+    autoencoder: Autoencoder
+    transformer: DiTTransformer2DModel
+    num_classes: int  # classes of the dataset (labels 0..num_classes-1)
+    latent_shape: tuple[int, int, int]
+    identity: str  # what the base is, for cache keys and provenance
+
+    @property
+    def null_class(self) -> int:
+        return int(self.transformer.config.num_embeds_ada_norm)
+
+    @property
+    def learned_variance(self) -> bool:
+        config = self.transformer.config
+        return config.out_channels == 2 * config.in_channels
+
+
+def prepare_autoencoder(
+    train: ImageSet, cfg: Config, folder: Path, device: torch.device, log: MetricLogger
+) -> Autoencoder:
+    """Stage 1 of pretraining: the autoencoder, saved in (and reloaded from) ``folder``.
+
+    A ``conv`` autoencoder is trained here on the training split; the other kinds
+    (identity for pixel space, a given VAE) are built from the config.
+    """
+    if (folder / "config.json").is_file():
+        return load_autoencoder(folder).to(device)
+    ae_cfg = cfg.autoencoder
+    if ae_cfg.kind != "conv":
+        autoencoder = build_autoencoder(ae_cfg)
+        save_autoencoder(autoencoder, folder)
+        return autoencoder.to(device)
+    autoencoder = train_conv_autoencoder(
+        train.images,
+        latent_channels=ae_cfg.latent_channels,
+        epochs=ae_cfg.epochs,
+        batch_size=ae_cfg.batch_size,
+        lr=ae_cfg.lr,
+        seed=cfg.seed,
+        device=device,
+        progress=True,
+        on_step=lambda step, metrics: (
+            log({f"ae/{k}": v for k, v in metrics.items()}, step) if step % 50 == 0 else None
+        ),
+    )
+    save_autoencoder(autoencoder, folder)
+    return autoencoder
+
+
+def pretrain_transformer(
+    latents: LatentSet,
+    num_classes: int,
+    cfg: Config,
+    folder: Path,
+    device: torch.device,
+    log: MetricLogger,
+) -> DiTTransformer2DModel:
+    """Stage 2: the latent DiT from scratch, with periodic checkpoints and resume."""
+    pre = cfg.pretrain
+    channels, height, _ = latents.mean.shape[1:]
+    model = create_backbone(cfg.model.preset, num_classes, channels, height).to(device)
+    # Labels are dropped once per sample below; diffusers would also drop them
+    # independently in every block (METHOD.md section 3).
+    disable_block_label_dropout(model)
+    null_class = int(model.config.num_embeds_ada_norm)
+    params = {name: p for name, p in model.named_parameters()}
+    ema = {name: p.detach().clone() for name, p in params.items()}
+    optimizer = torch.optim.AdamW(params.values(), lr=pre.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    schedule = NoiseSchedule().to(device)
+
+    count = latents.mean.shape[0]
+    total_steps = math.ceil(pre.epochs * count / pre.batch_size)
+    checkpoints = folder / "checkpoints"
+    start = 0
+    if (state := load_checkpoint(checkpoints)) is not None:
+        with torch.no_grad():
+            for name, tensor in state.params.items():
+                params[name].copy_(tensor)
+            for name, tensor in state.ema.items():
+                ema[name].copy_(tensor)
+        optimizer.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
+        start = state.step
+        print(f"resuming pretraining at step {start} of {total_steps}")
+
+    model.train()
+    last_time, last_step = time.perf_counter(), start
+    progress = tqdm(
+        range(start, total_steps), desc="pretrain DiT", initial=start, total=total_steps
+    )
+    for step in progress:
+        lr = warmup_lr(pre.lr, step, pre.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = torch.randint(count, (pre.batch_size,), generator=generator)
+        x0 = latents.sample(index, generator).to(device)
+        labels = drop_labels(latents.labels[index], null_class, pre.label_dropout, generator)
+        t = torch.randint(0, schedule.num_timesteps, (pre.batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        t, noise, labels = t.to(device), noise.to(device), labels.to(device)
+        x_t = schedule.add_noise(x0, t, noise)
+        output = model(hidden_states=x_t, timestep=t, class_labels=labels).sample
+        loss = diffusion_loss(output, x0, x_t, t, noise, schedule, learned_variance=False).total
+        check_finite(loss, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        update_ema(ema, params, pre.ema_decay)
+
+        done = step + 1
+        if done % 50 == 0 or done == total_steps:
+            now = time.perf_counter()
+            rate = (done - last_step) / (now - last_time)
+            last_time, last_step = now, done
+            log(
+                {"pretrain/loss": loss.item(), "pretrain/lr": lr, "pretrain/steps_per_s": rate},
+                done,
+            )
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if done % pre.checkpoint_every_steps == 0 and done < total_steps:
+            state = TrainState(
+                done,
+                {k: v.detach() for k, v in params.items()},
+                ema,
+                optimizer.state_dict(),
+                generator.get_state(),
+            )
+            save_checkpoint(checkpoints, state)
+
+    with torch.no_grad():
+        for name, tensor in ema.items():
+            params[name].copy_(tensor)
+    model.eval()
+    return model
+
+
+def pretrain_base(
+    train: ImageSet,
+    class_names: list[str],
+    data_fingerprint: str,
+    cfg: Config,
+    folder: Path,
+    device: torch.device,
+    log: MetricLogger,
+) -> Path:
+    """Autoencoder, cached latents, then the DiT; writes the base folder and returns it."""
+    started = time.perf_counter()
+    autoencoder = prepare_autoencoder(train, cfg, folder / "autoencoder", device, log)
+    latents = cached_latents(
+        train.images,
+        train.labels,
+        autoencoder=autoencoder,
+        data_fingerprint=data_fingerprint,
+        flip=False,
+        cache_dir=cfg.cache_dir / "latents",
+        batch_size=512,
+        device=device,
+    )
+    model = pretrain_transformer(latents, len(class_names), cfg, folder, device, log)
+    model.save_pretrained(folder / "transformer", safe_serialization=True)
+    manifest = {
+        "class_names": class_names,
+        "data_fingerprint": data_fingerprint,
+        "preset": cfg.model.preset,
+        "pretrain": cfg.pretrain.model_dump(mode="json"),
+        "autoencoder": cfg.autoencoder.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    (folder / "base.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def load_base(folder: Path, device: torch.device) -> BaseModel:
+    """Load a base folder written by ``pretrain_base`` (or shipped with mdd)."""
+    manifest = json.loads((folder / "base.json").read_text())
+    autoencoder = load_autoencoder(folder / "autoencoder").to(device)
+    transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer").to(device)
+    config = transformer.config
+    shape = (config.in_channels, config.sample_size, config.sample_size)
+    return BaseModel(
+        autoencoder=autoencoder,
+        transformer=transformer.eval(),
+        num_classes=len(manifest["class_names"]),
+        latent_shape=shape,
+        identity=f"base:{folder.name}",
+    )
