@@ -190,7 +190,7 @@ def expand_env(data: Any, source: str, where: str = "") -> Any:
     return _ENV_VAR.sub(lambda match: os.environ[match.group(1)], data)
 
 
-def _describe(error: dict[str, Any], source: str) -> str:
+def describe_error(error: dict[str, Any], source: str) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -221,7 +221,7 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        messages = [_describe(err, source) for err in exc.errors()]
+        messages = [describe_error(err, source) for err in exc.errors()]
         raise ConfigError("\n".join(messages)) from None
 
 

@@ -23,3 +23,9 @@ class StageError(MddError):
     """A stage could not go on (for example a NaN loss); what was logged stays logged."""
 
     exit_code = 1
+
+
+class Pruned(MddError):
+    """A sweep's pruner stopped this run early: not a failure, and not reported as one."""
+
+    exit_code = 0

@@ -180,6 +180,7 @@ class RunState:
     trainable: Trainable | None = None
     finetuned: Path | None = None
     surrogate: Path | None = None
+    report: Callable[[int, float], None] | None = None  # evaluation accuracies, for pruners
     metrics: dict[str, float] = field(default_factory=dict)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -211,7 +212,6 @@ def _run_finetune(state: RunState) -> None:
             state.core.device,
             state.log,
         )
-        _mark_done(state.stage, {})
     state.finetuned = state.stage.folder / "ema.safetensors"
 
 
@@ -239,7 +239,6 @@ def _run_sample(state: RunState) -> None:
             )
         finally:
             state.trainable.reset()
-        _mark_done(state.stage, {})
     state.surrogate = folder
     state.run.log_artifact(folder / "grid.png")
     state.run.log_artifact(folder, "surrogate")
@@ -251,7 +250,6 @@ def _run_select(state: RunState) -> None:
     folder = state.stage.folder / "data"
     if not state.was_cached:
         select_surrogate(state.core.data, state.config, folder, state.core.device)
-        _mark_done(state.stage, {})
     state.surrogate = folder
     state.run.log_artifact(folder / "grid.png")
 
@@ -262,9 +260,14 @@ def _run_evaluate(state: RunState) -> None:
     assert state.surrogate is not None
     folder = state.stage.folder
     results = evaluate_surrogate(
-        state.surrogate, state.core.data, state.config, folder, state.core.device, state.log
+        state.surrogate,
+        state.core.data,
+        state.config,
+        folder,
+        state.core.device,
+        state.log,
+        state.report,
     )
-    _mark_done(state.stage, {})
     state.metrics.update(results)
     state.run.log_metrics(results)
     for path in sorted(folder.glob("*.png")) + [folder / "results.json"]:
@@ -286,11 +289,29 @@ class RunResult:
     stages: dict[str, dict[str, Any]]
 
 
-def execute(core: Core, config: Config, tracker: Tracker, parent: RunHandle) -> RunResult:
+# The distillation time of the paper: fine-tuning plus generation (or selection).
+DISTILL_STAGES = ("finetune", "sample", "select")
+
+
+def _compute_wall_s(stage: Stage) -> float:
+    """How long the stage took when it was computed (0 if that was not recorded)."""
+    return float(json.loads((stage.folder / "done.json").read_text()).get("wall_s", 0.0))
+
+
+def execute(
+    core: Core,
+    config: Config,
+    tracker: Tracker,
+    parent: RunHandle,
+    report: Callable[[int, float], None] | None = None,
+) -> RunResult:
     """Run every stage of ``config`` under ``parent``; cached stages are reused, not rerun.
 
     A stage that fails is recorded as a FAILED nested run (and the parent too) before
-    the error reaches the command line as one message.
+    the error reaches the command line as one message. ``report(epoch, acc)`` hears the
+    evaluation accuracies as they come (a sweep's pruner). The metrics include the
+    compute time of each stage (``wall_s/<stage>``, the original time for cached ones)
+    and ``distill_wall_s``, the paper's distillation time.
     """
     seed_everything(config.seed)
     state: RunState | None = None
@@ -302,7 +323,7 @@ def execute(core: Core, config: Config, tracker: Tracker, parent: RunHandle) -> 
         started = time.perf_counter()
         with tracker.run(stage.name, tags=tags, parent=parent) as run:
             if state is None:
-                state = RunState(core, config, run, stage, was_cached)
+                state = RunState(core, config, run, stage, was_cached, report=report)
             state.run, state.stage, state.was_cached = run, stage, was_cached
             try:
                 STAGE_RUNNERS[stage.name](state)
@@ -311,10 +332,16 @@ def execute(core: Core, config: Config, tracker: Tracker, parent: RunHandle) -> 
             except Exception as exc:
                 raise StageError(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
             wall_s = time.perf_counter() - started
+            if not was_cached:
+                _mark_done(stage, {"wall_s": wall_s})
             run.log_metrics({"wall_s": wall_s})
         summary[stage.name] = {"key": stage.key, "cached": was_cached, "wall_s": wall_s}
-        parent.log_metrics({f"{stage.name}/wall_s": wall_s})
-    return RunResult(state.metrics if state else {}, summary)
+        assert state is not None
+        state.metrics[f"wall_s/{stage.name}"] = _compute_wall_s(stage)
+    assert state is not None
+    distill = [state.metrics.get(f"wall_s/{name}", 0.0) for name in DISTILL_STAGES]
+    state.metrics["distill_wall_s"] = sum(distill)
+    return RunResult(state.metrics, summary)
 
 
 def format_summary(result: RunResult) -> str:

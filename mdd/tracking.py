@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mdd.config import Config, TrackingConfig
-from mdd.errors import MddError
+from mdd.errors import MddError, Pruned
 
 DEFAULT_STORE = "runs/mlflow.db"
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value
@@ -76,7 +76,9 @@ def git_state(repo: Path | None = None) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"mdd.git_commit": "unknown", "mdd.git_dirty": "unknown"}
+        # Container images carry no .git; their build passes the commit in instead.
+        commit = os.environ.get("MDD_GIT_COMMIT", "unknown")
+        return {"mdd.git_commit": commit, "mdd.git_dirty": "unknown"}
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"mdd.git_commit": commit, "mdd.git_dirty": str(bool(dirty)).lower()}
 
@@ -101,6 +103,15 @@ def provenance_tags(config: Config, data_fingerprint: str | None, device: str) -
         tags[f"mdd.version.{package}"] = _version(package)
     tags.update(git_state())
     return tags
+
+
+def _client(uri: str) -> MlflowClient:
+    # MLflow retries an unreachable server with backoff for minutes by default;
+    # a worker should fail fast with a message instead (unless the user set these).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    return MlflowClient(tracking_uri=uri)
 
 
 @dataclass
@@ -147,12 +158,7 @@ class Tracker:
 
     def __init__(self, cfg: TrackingConfig):
         self.uri = tracking_uri(cfg)
-        # MLflow retries an unreachable server with backoff for minutes by default;
-        # a worker should fail fast with a message instead (unless the user set these).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
         self.experiment_id = self._experiment(cfg)
 
     def _experiment(self, cfg: TrackingConfig) -> str:
@@ -187,21 +193,95 @@ class Tracker:
         parent: RunHandle | None = None,
     ) -> Iterator[RunHandle]:
         """A run that ends FINISHED, or FAILED (with the error as a tag) if the body raises."""
-        all_tags = {key: redact(str(value)) for key, value in (tags or {}).items()}
-        if parent is not None:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
-        created = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
-        handle = RunHandle(self, created.info.run_id)
+        handle = self.start(name, tags, parent)
         try:
             yield handle
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            stopped = isinstance(exc, (KeyboardInterrupt, Pruned))
+            status = "KILLED" if stopped else "FAILED"
             handle.set_tags({"mdd.error": f"{type(exc).__name__}: {exc}"[:5000]})
             self.client.set_terminated(handle.run_id, status=status)
             raise
         self.client.set_terminated(handle.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
 
+    def start(
+        self, name: str, tags: Mapping[str, Any] | None = None, parent: RunHandle | None = None
+    ) -> RunHandle:
+        """A new RUNNING run; ``run`` closes it for you, ``finish`` closes a long-lived one."""
+        all_tags = {key: redact(str(value)) for key, value in (tags or {}).items()}
+        if parent is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+        created = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        return RunHandle(self, created.info.run_id)
+
+    def handle(self, run_id: str) -> RunHandle:
+        return RunHandle(self, run_id)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def close_if_running(self, run_id: str, status: str, reason: str) -> list[str]:
+        """End ``run_id`` and its nested runs that are still RUNNING (their process died)."""
+        closed = []
+        children = self.search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'")
+        for run in [self.client.get_run(run_id), *children]:
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "mdd.error", reason)
+                self.client.set_terminated(run.info.run_id, status=status)
+                closed.append(run.info.run_id)
+        return closed
+
     def search(self, filter_string: str = "", max_results: int = 10000) -> list[Any]:
         return self.client.search_runs(
             [self.experiment_id], filter_string=filter_string, max_results=max_results
         )
+
+
+def finished_runs(cfg: TrackingConfig) -> list[dict[str, Any]]:
+    """Every FINISHED run of ``cfg.experiment``, as plain dicts.
+
+    Each dict holds ``run_id``, ``parent_run_id`` (None for a top-level run), ``name``,
+    ``start_time_ms``, ``params``, ``tags`` and ``metrics`` (the latest value of each).
+    Reading never creates the experiment, so a misspelt name is an error naming the
+    experiments that do exist.
+    """
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    try:
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None or experiment.lifecycle_stage != "active":
+            names = sorted(found.name for found in client.search_experiments())
+            raise MddError(
+                f"MLflow store {redact(uri)} has no experiment named '{cfg.experiment}'. "
+                f"Hint: pass --experiment with one of: {', '.join(names) or '(none yet)'}."
+            )
+        runs: list[Any] = []
+        page_token = None
+        while True:
+            page = client.search_runs(
+                [experiment.experiment_id],
+                filter_string="attributes.status = 'FINISHED'",
+                max_results=1000,
+                page_token=page_token,
+            )
+            runs.extend(page)
+            page_token = page.token
+            if not page_token:
+                break
+    except MlflowException as exc:
+        raise MddError(
+            f"MLflow tracking store {redact(uri)} is not usable: {redact(str(exc))}. "
+            "Hint: check MLFLOW_TRACKING_URI and that the server is up."
+        ) from None
+    return [
+        {
+            "run_id": run.info.run_id,
+            "parent_run_id": run.data.tags.get(MLFLOW_PARENT_RUN_ID),
+            "name": run.info.run_name,
+            "start_time_ms": run.info.start_time,
+            "params": dict(run.data.params),
+            "tags": dict(run.data.tags),
+            "metrics": dict(run.data.metrics),
+        }
+        for run in runs
+    ]

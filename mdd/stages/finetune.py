@@ -150,11 +150,11 @@ def finetune(
             last_time, last_step = now, done
             metrics = {
                 "finetune/loss": loss.item(),
-                "finetune/diffusion_loss": float(terms.total),
-                "finetune/mse": float(terms.mse),
-                "finetune/vb": float(terms.vb),
-                "finetune/representativeness": float(minimax.representativeness),
-                "finetune/diversity": float(minimax.diversity),
+                "finetune/diffusion_loss": terms.total.item(),
+                "finetune/mse": terms.mse.item(),
+                "finetune/vb": terms.vb.item(),
+                "finetune/representativeness": minimax.representativeness.item(),
+                "finetune/diversity": minimax.diversity.item(),
                 "finetune/lr": cfg.lr,
                 "finetune/steps_per_s": rate,
             }

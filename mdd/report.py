@@ -1,0 +1,237 @@
+"""``mdd report``: the paper-style results table, built from the finished runs in MLflow.
+
+One row per (dataset, protocol, method, IPC, network) cell, from the newest finished
+run that has test-split metrics and is a result: a top-level ``mdd-run`` run, or a sweep's
+final rerun (``mdd.final``), never a stage run or a sweep trial. Written as ``report.md``
+(the long table and, per dataset and protocol, a pivot shaped like the paper's table) and
+``report.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mdd.config import TrackingConfig
+from mdd.errors import MddError
+from mdd.tracking import finished_runs, redact, tracking_uri
+
+# Baselines first, the paper's method last, the whole dataset as the upper bound after it.
+METHOD_ORDER = ("random", "herding", "kcenter", "dit", "minimax", "full")
+LEGEND = (
+    "Accuracy in % on the test split, mean ± std over `repeats` networks trained from "
+    "scratch on the surrogate set. **last** = accuracy after the last training epoch; "
+    "**best** = the best accuracy reached over training. The paper reports best for "
+    "ImageWoof (idc protocol); DC/DSA report last (dc protocol). In the pivots, bold marks "
+    "the best method of each row; `full` (the whole training set) is an upper bound, never bold."
+)
+_TEST_METRIC = re.compile(r"^test/(?P<network>[^/]+)/last_acc_mean$")
+_CSV_FIELDS = (
+    "dataset",
+    "method",
+    "ipc",
+    "network",
+    "protocol",
+    "last_acc_mean",
+    "last_acc_std",
+    "best_acc_mean",
+    "best_acc_std",
+    "repeats",
+    "runs",
+    "run_id",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of the results: the newest run's numbers and how many runs shared the cell."""
+
+    dataset: str
+    method: str
+    ipc: int
+    network: str
+    protocol: str
+    last_acc_mean: float
+    last_acc_std: float
+    best_acc_mean: float
+    best_acc_std: float
+    repeats: int
+    runs: int
+    run_id: str
+
+
+def _is_reported(run: dict[str, Any]) -> bool:
+    tags = run["tags"]
+    if tags.get("mdd.final") == "true":
+        return True  # a sweep's rerun of its best trial is a result, though nested in the sweep
+    # Nested runs are the stages of a run; sweep trials are search steps, not results.
+    return run["parent_run_id"] is None and "mdd.sweep" not in tags
+
+
+def _dataset(params: dict[str, str]) -> str:
+    dataset = params.get("data.dataset", "unknown")
+    subset = params.get("data.subset", "None")
+    return f"{dataset}/{subset}" if subset != "None" else dataset
+
+
+def _test_results(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Network -> its four test accuracy numbers, for every network with all four logged."""
+    results = {}
+    for name in metrics:
+        match = _TEST_METRIC.match(name)
+        if match is None:
+            continue
+        prefix = f"test/{match['network']}"
+        keys = ("last_acc_mean", "last_acc_std", "best_acc_mean", "best_acc_std")
+        if all(f"{prefix}/{key}" in metrics for key in keys):
+            results[match["network"]] = {key: metrics[f"{prefix}/{key}"] for key in keys}
+    return results
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
+    """One row per cell from the newest reported run; ``runs`` counts every run of the cell.
+
+    Also returns the ids of reported runs that have test metrics but no ``method`` or
+    ``sample.ipc`` param, so the report can say what it could not place.
+    """
+    grouped: dict[tuple[str, str, str, int, str], list[dict[str, Any]]] = {}
+    unplaced = []
+    for run in runs:
+        results = _test_results(run["metrics"]) if _is_reported(run) else {}
+        if not results:
+            continue
+        params = run["params"]
+        method = params.get("method") or run["tags"].get("mdd.method")
+        if method is None or "sample.ipc" not in params:
+            unplaced.append(run["run_id"])
+            continue
+        protocol = params.get("eval.protocol", "unknown")
+        for network, values in results.items():
+            key = (_dataset(params), protocol, method, int(params["sample.ipc"]), network)
+            found = {**values, "run_id": run["run_id"], "start_time_ms": run["start_time_ms"]}
+            found["repeats"] = int(params.get("eval.repeats", "0"))
+            grouped.setdefault(key, []).append(found)
+    rows = []
+    for (dataset, protocol, method, ipc, network), found in grouped.items():
+        newest = max(found, key=lambda values: values["start_time_ms"])
+        rows.append(
+            Row(
+                dataset=dataset,
+                method=method,
+                ipc=ipc,
+                network=network,
+                protocol=protocol,
+                last_acc_mean=newest["last_acc_mean"],
+                last_acc_std=newest["last_acc_std"],
+                best_acc_mean=newest["best_acc_mean"],
+                best_acc_std=newest["best_acc_std"],
+                repeats=newest["repeats"],
+                runs=len(found),
+                run_id=newest["run_id"],
+            )
+        )
+    rows.sort(key=lambda r: (r.dataset, r.protocol, r.ipc, r.network, _method_rank(r.method)))
+    return rows, sorted(unplaced)
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _pivot(rows: list[Row]) -> list[str]:
+    """Rows IPC x network, columns methods, cells last accuracy; the best method in bold."""
+    methods = sorted({row.method for row in rows}, key=_method_rank)
+    by_cell = {(row.ipc, row.network, row.method): row for row in rows}
+    body = []
+    for ipc, network in sorted({(row.ipc, row.network) for row in rows}):
+        found = [by_cell.get((ipc, network, method)) for method in methods]
+        # "full" trains on the whole dataset: an upper bound, not a competitor to bold.
+        contenders = [r.last_acc_mean for r in found if r is not None and r.method != "full"]
+        top = max(contenders, default=None)
+        cells = []
+        for row in found:
+            if row is None:
+                cells.append("—")
+                continue
+            text = mean_std(row.last_acc_mean, row.last_acc_std)
+            bold = row.last_acc_mean == top and row.method != "full"
+            cells.append(f"**{text}**" if bold else text)
+        body.append([str(ipc), network, *cells])
+    return _table(["IPC", "network", *methods], body)
+
+
+def format_markdown(rows: list[Row], unplaced: list[str], experiment: str, store: str) -> str:
+    lines = [f"# Results of experiment `{experiment}`", "", f"Store: `{redact(store)}`.", ""]
+    lines += [LEGEND, ""]
+    header = ["dataset", "method", "IPC", "network", "protocol"]
+    header += ["last acc (%)", "best acc (%)", "repeats", "runs"]
+    body = [
+        [
+            row.dataset,
+            row.method,
+            str(row.ipc),
+            row.network,
+            row.protocol,
+            mean_std(row.last_acc_mean, row.last_acc_std),
+            mean_std(row.best_acc_mean, row.best_acc_std),
+            str(row.repeats),
+            str(row.runs) + ("¹" if row.runs > 1 else ""),
+        ]
+        for row in rows
+    ]
+    lines += _table(header, body)
+    shared = sum(row.runs > 1 for row in rows)
+    if shared:
+        lines += [
+            "",
+            f"¹ {shared} of {len(rows)} rows had more than one finished run; "
+            "the newest is shown and `runs` counts them all.",
+        ]
+    if unplaced:
+        lines += [
+            "",
+            f"Left out: {len(unplaced)} finished run(s) with test metrics but no `method` or "
+            f"`sample.ipc` param: {', '.join(unplaced)}.",
+        ]
+    for dataset, protocol in sorted({(row.dataset, row.protocol) for row in rows}):
+        lines += ["", f"## {dataset}, {protocol} protocol: last accuracy (%)", ""]
+        lines += _pivot([r for r in rows if (r.dataset, r.protocol) == (dataset, protocol)])
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)
+
+
+def write_report(tracking: TrackingConfig, out: str | Path) -> str:
+    """Write ``report.md`` and ``report.csv`` into ``out``; return the markdown."""
+    store = tracking_uri(tracking)
+    rows, unplaced = collect_rows(finished_runs(tracking))
+    if not rows:
+        raise MddError(
+            f"experiment '{tracking.experiment}' in {redact(store)} has no finished run to "
+            "report: one with test-split metrics and its method and IPC as params (stage runs, "
+            "sweep trials and the proxy protocol's validation metrics are left out). "
+            "Hint: run `mdd-run CONFIG` with eval.protocol dc or idc."
+        )
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = format_markdown(rows, unplaced, tracking.experiment, store)
+    (folder / "report.md").write_text(markdown, encoding="utf-8")
+    write_csv(rows, folder / "report.csv")
+    return markdown

@@ -1,0 +1,9 @@
+"""Sweeps: Optuna studies over the settings of a single run (``mdd-sweep``).
+
+This package is the only place that imports Optuna: ``config`` reads the sweep
+file, ``worker`` runs trials, ``summary`` writes a finished study's summary and plots.
+"""
+
+from mdd.sweep.worker import run_sweep
+
+__all__ = ["run_sweep"]

@@ -1,0 +1,97 @@
+"""benchmarks/speed.py keeps working: its --quick run writes every ratio it promises.
+
+Speed targets are measured and printed by the benchmark itself, never asserted here:
+a timed unit test on a shared CI machine would fail by chance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+RATIOS = {
+    "finetune_with_over_without_criteria",
+    "criteria_loop_over_ring_buffer_d196",
+    "criteria_loop_over_ring_buffer_d4096",
+    "finetune_encoding_over_cached",
+    "sampling_batched_over_one_at_a_time",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("speed") / "speed.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_quick_run_writes_all_ratios_as_positive_finite_numbers(quick_run):
+    results, _ = quick_run
+    assert set(results["ratios"]) == RATIOS
+    for name, value in results["ratios"].items():
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, name
+
+
+def test_ratios_are_computed_from_the_reported_absolute_numbers(quick_run):
+    results, _ = quick_run
+    ratios, finetune, sampling = results["ratios"], results["finetune"], results["sampling"]
+    assert ratios["finetune_with_over_without_criteria"] == pytest.approx(
+        finetune["with_criteria"]["ms_per_step"] / finetune["without_criteria"]["ms_per_step"]
+    )
+    assert ratios["finetune_encoding_over_cached"] == pytest.approx(
+        finetune["with_criteria_encoding_each_batch"]["ms_per_step"]
+        / finetune["with_criteria"]["ms_per_step"]
+    )
+    for name in ("d196", "d4096"):
+        criteria = results["criteria"][name]
+        assert ratios[f"criteria_loop_over_ring_buffer_{name}"] == pytest.approx(
+            criteria["loop_ms_per_step"] / criteria["ring_buffer_ms_per_step"]
+        )
+    assert ratios["sampling_batched_over_one_at_a_time"] == pytest.approx(
+        sampling["batched"]["images_per_s"] / sampling["one_at_a_time"]["images_per_s"]
+    )
+
+
+def test_benchmark_runs_the_experiment_sizes_and_the_default_sample_batch(quick_run):
+    results, _ = quick_run
+    settings = results["settings"]
+    assert settings["preset"] == "latent-s"
+    assert settings["latent_shape"] == [4, 7, 7]
+    assert settings["batch_size"] == 32
+    assert (settings["lambda_r"], settings["lambda_d"], settings["memory_size"]) == (
+        0.002,
+        0.008,
+        64,
+    )
+    assert results["criteria"]["d196"]["dim"] == 196
+    assert results["criteria"]["d4096"]["dim"] == 4096
+    assert results["sampling"]["batched"]["batch_size"] == 250
+    assert results["sampling"]["one_at_a_time"]["batch_size"] == 1
+
+
+def test_printed_table_names_the_hardware_and_every_ratio(quick_run):
+    results, stdout = quick_run
+    assert f"torch   {torch.__version__}" in stdout
+    assert results["hardware"]["torch_version"] == torch.__version__
+    assert results["hardware"]["device"] == "cpu"
+    for label in (
+        "fine-tune step time, with / without criteria",
+        "criteria time, loop / ring buffer, D = 4096",
+        "fine-tune step time, encoding / cached",
+        "sampling images/s, batched / one at a time",
+    ):
+        assert label in stdout
