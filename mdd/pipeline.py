@@ -9,11 +9,13 @@ Stages never import MLflow: they get a ``log(metrics, step)`` callable.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,12 @@ import torch
 
 from mdd.config import Config
 from mdd.data import DatasetSplits, load_dataset
+from mdd.data.folders import imagenet_indices
 from mdd.data.latents import LatentSet, cached_latents
 from mdd.errors import MddError, StageError
 from mdd.runtime import pick_device, seed_everything
 from mdd.stages.finetune import Trainable, finetune, load_finetuned, prepare_trainable
-from mdd.stages.pretrain import BaseModel, load_base, pretrain_base
+from mdd.stages.pretrain import BaseModel, load_base, load_pretrained_base, pretrain_base
 from mdd.stages.sample import sample_surrogate
 from mdd.tracking import RunHandle, Tracker, provenance_tags
 
@@ -59,7 +62,30 @@ class Stage:
         return (self.folder / "done.json").is_file()
 
 
+@contextlib.contextmanager
+def stage_lock(stage: Stage) -> Iterator[None]:
+    """One process computes a stage; others with the same key wait, then find it cached.
+
+    Sweep workers on one machine share the cache, and two trials may need the same
+    base model or fine-tuning at the same moment.
+    """
+    stage.folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(stage.folder.parent / f"{stage.key}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def base_key(config: Config, fingerprint: str) -> str:
+    if config.model.path is not None:
+        return _digest(
+            "pretrained",
+            config.model.preset,
+            config.model.path,
+            config.autoencoder.model_dump(mode="json"),
+        )
     if config.pretrain.checkpoint is not None:
         folder = config.pretrain.checkpoint
         if not (folder / "base.json").is_file():
@@ -131,16 +157,21 @@ class Core:
         """The base model and its trainable view, loaded (or pretrained) once per key."""
         if self._base is not None and self._base[0] == stage.key:
             return self._base[1], self._base[2]
-        if config.pretrain.checkpoint is not None:
-            folder = config.pretrain.checkpoint
+        if config.model.path is not None:
+            ids = list(range(len(self.data.class_names)))
+            if config.data.dataset == "imagenet_subset":
+                assert config.data.root is not None  # the data loader checked it
+                ids = imagenet_indices(config.data.root, self.data.class_names)
+            shape = tuple(self.data.train.images.shape[1:])
+            base = load_pretrained_base(config, ids, shape, self.device)  # type: ignore[arg-type]
         else:
-            folder = stage.folder
-            if not stage.cached:
+            folder = config.pretrain.checkpoint or stage.folder
+            if config.pretrain.checkpoint is None and not stage.cached:
                 train = self.data.train
                 names = self.data.class_names
                 pretrain_base(train, names, self.data.fingerprint, config, folder, self.device, log)
                 _mark_done(stage, {"folder": str(folder)})
-        base = load_base(folder, self.device)
+            base = load_base(folder, self.device)
         latents = cached_latents(
             self.data.train.images,
             self.data.train.labels,
@@ -152,6 +183,8 @@ class Core:
             device=self.device,
         )
         trainable = prepare_trainable(base, config.finetune.difffit)
+        if config.model.compile:
+            base.transformer.compile()  # in place: parameter names (DiffFit's) stay the same
         self._base = (stage.key, base, trainable, latents)
         self.loads["base"] = self.loads.get("base", 0) + 1
         return base, trainable
@@ -189,7 +222,8 @@ class RunState:
     @property
     def label_map(self) -> torch.Tensor:
         """Dataset class index -> backbone class id (identity for mdd's own bases)."""
-        return torch.arange(len(self.core.data.class_names))
+        assert self.base is not None
+        return self.base.class_ids
 
 
 def _run_pretrain(state: RunState) -> None:
@@ -317,31 +351,46 @@ def execute(
     state: RunState | None = None
     summary: dict[str, dict[str, Any]] = {}
     for stage in plan(config, core.data.fingerprint):
-        was_cached = stage.cached
-        tags = {"mdd.stage": stage.name, "mdd.stage_key": stage.key, "mdd.cached": was_cached}
-        tags["mdd.cache_folder"] = str(stage.folder.resolve())
-        started = time.perf_counter()
-        with tracker.run(stage.name, tags=tags, parent=parent) as run:
-            if state is None:
-                state = RunState(core, config, run, stage, was_cached, report=report)
-            state.run, state.stage, state.was_cached = run, stage, was_cached
-            try:
-                STAGE_RUNNERS[stage.name](state)
-            except MddError:
-                raise
-            except Exception as exc:
-                raise StageError(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
-            wall_s = time.perf_counter() - started
-            if not was_cached:
-                _mark_done(stage, {"wall_s": wall_s})
-            run.log_metrics({"wall_s": wall_s})
-        summary[stage.name] = {"key": stage.key, "cached": was_cached, "wall_s": wall_s}
-        assert state is not None
-        state.metrics[f"wall_s/{stage.name}"] = _compute_wall_s(stage)
+        with stage_lock(stage):
+            state = _execute_stage(core, config, tracker, parent, stage, state, report, summary)
     assert state is not None
     distill = [state.metrics.get(f"wall_s/{name}", 0.0) for name in DISTILL_STAGES]
     state.metrics["distill_wall_s"] = sum(distill)
     return RunResult(state.metrics, summary)
+
+
+def _execute_stage(
+    core: Core,
+    config: Config,
+    tracker: Tracker,
+    parent: RunHandle,
+    stage: Stage,
+    state: RunState | None,
+    report: Callable[[int, float], None] | None,
+    summary: dict[str, dict[str, Any]],
+) -> RunState:
+    was_cached = stage.cached
+    tags = {"mdd.stage": stage.name, "mdd.stage_key": stage.key, "mdd.cached": was_cached}
+    tags["mdd.cache_folder"] = str(stage.folder.resolve())
+    started = time.perf_counter()
+    with tracker.run(stage.name, tags=tags, parent=parent) as run:
+        if state is None:
+            state = RunState(core, config, run, stage, was_cached, report=report)
+        state.run, state.stage, state.was_cached = run, stage, was_cached
+        try:
+            STAGE_RUNNERS[stage.name](state)
+        except MddError:
+            raise
+        except Exception as exc:
+            raise StageError(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
+        wall_s = time.perf_counter() - started
+        if not was_cached:
+            _mark_done(stage, {"wall_s": wall_s})
+        run.log_metrics({"wall_s": wall_s})
+    summary[stage.name] = {"key": stage.key, "cached": was_cached, "wall_s": wall_s}
+    assert state is not None
+    state.metrics[f"wall_s/{stage.name}"] = _compute_wall_s(stage)
+    return state
 
 
 def format_summary(result: RunResult) -> str:
@@ -396,7 +445,8 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
         run.log_params({"pretrain": config.pretrain.model_dump(mode="json"), "seed": config.seed})
         run.log_config(config)
         started = time.perf_counter()
-        base, _ = core.base(stage, config, _stage_logger(run))
+        with stage_lock(stage):
+            base, _ = core.base(stage, config, _stage_logger(run))
         run.log_metrics({"pretrain_wall_s": time.perf_counter() - started})
         result = class_consistency(core, base, config, 100, stage.folder / "consistency")
         run.log_metrics({"class_consistency": result.consistency})

@@ -20,4 +20,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "no apt-get: Fashion-MNIST will be downloaded by torchvision; PostgreSQL tests will skip"
   fi
 fi
+# The distributed-sweep tests need a running PostgreSQL server on loopback and a role
+# they may create databases with (tests/test_distributed.py reads these names).
+if command -v pg_lsclusters >/dev/null 2>&1; then
+  read -r version cluster _ < <(pg_lsclusters -h | head -n 1)
+  if [ -n "${version:-}" ]; then
+    as_root pg_ctlcluster "$version" "$cluster" start 2>/dev/null || true
+    as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -c "$1"; else sudo -n -u postgres sh -c "$1"; fi; }
+    for _ in 1 2 3 4 5 6 7 8 9 10; do as_postgres "pg_isready -q" && break; sleep 1; done
+    if ! as_postgres "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='mdd_test'\"" 2>/dev/null | grep -q 1; then
+      as_postgres "psql -qc \"CREATE ROLE mdd_test LOGIN CREATEDB PASSWORD 'mdd-test-only'\"" \
+        || echo "could not create the PostgreSQL test role: the PostgreSQL tests will fail"
+    fi
+  fi
+fi
 exit 0

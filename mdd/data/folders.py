@@ -118,3 +118,32 @@ def load_folder(
         files=[path for path, ok in zip(files, keep, strict=True) if ok],
         skipped=[str(path) for path, _ in failed],
     )
+
+
+# ImageNet-1k class indices (position in the sorted list of the 1000 wnids) of the
+# ImageWoof and ImageNette classes, for class-conditional ImageNet models such as
+# DiT-XL/2 when the data root holds only the subset's folders.
+KNOWN_IMAGENET_INDEX = {
+    "n02096294": 193, "n02093754": 182, "n02111889": 258, "n02088364": 162,
+    "n02086240": 155, "n02089973": 167, "n02087394": 159, "n02115641": 273,
+    "n02099601": 207, "n02105641": 229,
+    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491,
+    "n03028079": 497, "n03394916": 566, "n03417042": 569, "n03425413": 571,
+    "n03445777": 574, "n03888257": 701,
+}  # fmt: skip
+
+
+def imagenet_indices(root: Path, wnids: list[str]) -> list[int]:
+    """The ImageNet-1k class index of each wnid: its rank among the 1000 class folders of a
+    full ImageNet train root (as torchvision's ImageFolder numbers them), else the table above."""
+    folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if len(folders) == 1000:
+        return [folders.index(wnid) for wnid in wnids]
+    unknown = [wnid for wnid in wnids if wnid not in KNOWN_IMAGENET_INDEX]
+    if unknown:
+        raise DataError(
+            f"{root}: holds {len(folders)} class folders, not the 1000 of ImageNet-1k, and the "
+            f"ImageNet index of {' '.join(unknown)} is not known. Fix: point data.root at the "
+            "full ImageNet train folder, so class indices match the pretrained model."
+        )
+    return [KNOWN_IMAGENET_INDEX[wnid] for wnid in wnids]

@@ -121,6 +121,19 @@ PRESETS: dict[str, Preset] = {
         sample_size=32,
         original_dit=True,
     ),
+    # DiT-XL/2's design (learned variance, 1000 classes, original-DiT constants) at a size
+    # that runs in a test: the stand-in for the ImageWoof path on machines without a GPU.
+    "DiT-tiny/2": Preset(
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        patch_size=2,
+        learned_variance=True,
+        num_classes=1000,
+        in_channels=4,
+        sample_size=16,
+        original_dit=True,
+    ),
 }
 
 

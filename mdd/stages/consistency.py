@@ -72,8 +72,7 @@ def class_consistency(
     judge_acc = 100.0 * float((test_predictions == data.test.labels).float().mean())
 
     labels = make_labels(num_classes, per_class)
-    label_map = torch.arange(num_classes)
-    images = generate_images(base, labels, label_map, config.sample, config.seed, core.device)
+    images = generate_images(base, labels, base.class_ids, config.sample, config.seed, core.device)
     consistency, per_class_share = consistency_of(judge, images, labels, core.device)
 
     folder.mkdir(parents=True, exist_ok=True)

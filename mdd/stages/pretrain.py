@@ -33,7 +33,7 @@ from mdd.diffusion.autoencoder import (
     save_autoencoder,
     train_conv_autoencoder,
 )
-from mdd.diffusion.backbone import create_backbone
+from mdd.diffusion.backbone import create_backbone, load_backbone
 from mdd.diffusion.difffit import disable_block_label_dropout, drop_labels
 from mdd.diffusion.losses import diffusion_loss
 from mdd.diffusion.schedule import NoiseSchedule
@@ -58,6 +58,9 @@ class BaseModel:
     num_classes: int  # classes of the dataset (labels 0..num_classes-1)
     latent_shape: tuple[int, int, int]
     identity: str  # what the base is, for cache keys and provenance
+    # Dataset class index -> the backbone's class id: the identity for a base mdd
+    # pretrained, ImageNet indices for DiT-XL/2 (METHOD.md section 3).
+    class_ids: torch.Tensor
 
     @property
     def null_class(self) -> int:
@@ -233,10 +236,29 @@ def load_base(folder: Path, device: torch.device) -> BaseModel:
     transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer").to(device)
     config = transformer.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
+    num_classes = len(manifest["class_names"])
     return BaseModel(
         autoencoder=autoencoder,
         transformer=transformer.eval(),
-        num_classes=len(manifest["class_names"]),
+        num_classes=num_classes,
         latent_shape=shape,
         identity=f"base:{folder.name}",
+        class_ids=torch.arange(num_classes),
+    )
+
+
+def load_pretrained_base(
+    cfg: Config, class_ids: list[int], image_shape: tuple[int, int, int], device: torch.device
+) -> BaseModel:
+    """A base the user brings (DiT-XL/2 and the SD VAE, METHOD.md section 3), not trained here."""
+    transformer = load_backbone(cfg.model.preset, cfg.model.path).to(device).eval()
+    autoencoder = build_autoencoder(cfg.autoencoder).to(device)
+    shape = tuple(autoencoder.latent_shape(image_shape))
+    return BaseModel(
+        autoencoder=autoencoder,
+        transformer=transformer,
+        num_classes=len(class_ids),
+        latent_shape=shape,  # type: ignore[arg-type]
+        identity=f"{cfg.model.preset}:{cfg.model.path}",
+        class_ids=torch.tensor(class_ids),
     )

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -72,12 +73,14 @@ def storage_url(given: str | None, sweep: SweepConfig) -> str:
 def study_lock(url: str) -> Iterator[None]:
     """One process at a time: a PostgreSQL advisory lock, or a file lock beside sqlite."""
     if url.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
         key = int(hashlib.sha256(b"mdd-sweep").hexdigest()[:15], 16)
         try:
-            with engine.connect() as connection:
+            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
+            connection = engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise _storage_error(url, exc) from None
+        try:
+            with connection:
                 connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({key})"))
                 try:
                     yield
@@ -95,6 +98,15 @@ def study_lock(url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _storage_error(url: str, exc: Exception) -> MddError:
+    first_line = (redact(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+    return MddError(
+        f"Optuna storage {redact(url)} is not usable: {first_line}. Hint: check --storage "
+        "(e.g. postgresql://user@host:5432/optuna with PGPASSWORD set, or sqlite:///path.db) "
+        "and that the server is up."
+    )
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -211,12 +223,7 @@ class Worker:
                 heartbeat_stale_trial_callback=on_stale,
             )
         except Exception as exc:  # noqa: BLE001 - any driver error means the same to the user
-            raise MddError(
-                f"Optuna storage {redact(self.url)} is not usable: "
-                f"{redact(str(exc)).splitlines()[0]}. Hint: check --storage (e.g. "
-                "postgresql://user@host:5432/optuna with PGPASSWORD set) and that the "
-                "server is up."
-            ) from None
+            raise _storage_error(self.url, exc) from None
 
     # -- studies -------------------------------------------------------------------------
 

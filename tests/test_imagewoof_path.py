@@ -1,0 +1,104 @@
+"""The paper's path (ImageNet class folders, SD VAE, DiT-XL/2 design) on a tiny stand-in.
+
+The real weights and ImageNet cannot be fetched here, so the test writes a tiny
+AutoencoderKL and a tiny learned-variance DiT in the facebook/DiT-XL-2-256 folder
+layout, and a tree of ImageWoof wnid folders, then runs every stage through mdd-run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from mdd.cli import run_main
+from mdd.config import load_config
+from mdd.data.folders import KNOWN_IMAGENET_INDEX, subset_wnids
+from mdd.data.surrogate import read_surrogate
+from mdd.diffusion.backbone import create_backbone
+from mdd.pipeline import Core, plan
+
+
+def write_class_tree(root: Path, wnids: list[str], per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for index, wnid in enumerate(wnids):
+        (root / wnid).mkdir(parents=True)
+        for item in range(per_class):
+            pixels = rng.integers(0, 80, size=(40, 48, 3), dtype=np.uint8)
+            pixels[:, :, index % 3] += 120  # a class-dependent colour
+            Image.fromarray(pixels).save(root / wnid / f"{wnid}_{item}.JPEG")
+
+
+def write_pretrained_layout(folder: Path) -> None:
+    """transformer/ and vae/ as in facebook/DiT-XL-2-256, tiny and randomly initialised."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    vae.save_pretrained(folder / "vae")
+    transformer = create_backbone("DiT-tiny/2", 1000, 4, 16)
+    with torch.no_grad():  # adaLN-zero makes a fresh DiT output zeros; give it some signal
+        for parameter in transformer.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    transformer.save_pretrained(folder / "transformer")
+
+
+@pytest.fixture
+def woof_config(tmp_path: Path, mlflow_store: str) -> Path:
+    wnids = subset_wnids("woof")
+    write_class_tree(tmp_path / "train", wnids, 8)
+    write_class_tree(tmp_path / "val", wnids, 2)
+    write_pretrained_layout(tmp_path / "dit")
+    config = {
+        "extends": str(Path("experiments/imagewoof/base.yaml").resolve()),
+        "name": "woof-standin",
+        "device": "cpu",
+        "cache_dir": str(tmp_path / "cache"),
+        "data": {"image_size": 32, "val_per_class": 2},
+        "model": {"preset": "DiT-tiny/2"},
+        "finetune": {"steps": 4, "batch_size": 4, "checkpoint_every_steps": 2},
+        "sample": {"ipc": 2, "steps": 3, "batch_size": 8},
+        "eval": {"protocol": "proxy", "networks": ["convnet3"], "repeats": 1, "epochs": 2},
+        "tracking": {"uri": mlflow_store, "experiment": "woof-standin"},
+    }
+    path = tmp_path / "woof.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(
+    woof_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MDD_IMAGENET_TRAIN", str(tmp_path / "train"))
+    monkeypatch.setenv("MDD_IMAGENET_VAL", str(tmp_path / "val"))
+    monkeypatch.setenv("MDD_DIT_XL_2", str(tmp_path / "dit"))
+    assert run_main([str(woof_config)]) == 0
+
+    config = load_config(woof_config)
+    core = Core.load(config)
+    stages = {stage.name: stage for stage in plan(config, core.data.fingerprint)}
+    surrogate = read_surrogate(stages["sample"].folder / "data")
+    assert surrogate.images.shape == (20, 3, 32, 32)  # decoded by the VAE, RGB
+    assert surrogate.labels.bincount().tolist() == [2] * 10
+    base, trainable = core.base(stages["pretrain"], config, lambda metrics, step: None)
+    assert base.learned_variance
+    assert base.latent_shape == (4, 16, 16)
+    woof = subset_wnids("woof")
+    assert base.class_ids.tolist() == [KNOWN_IMAGENET_INDEX[wnid] for wnid in woof]
+    assert base.class_ids.tolist()[:3] == [193, 182, 258]  # Australian, Border terrier, Samoyed
+    assert trainable.selection["gamma"] > 0  # DiffFit on the DiT-XL/2 design
+    # The latents were cached with flips (the paper's augmentation): 2 x training images.
+    assert len(core.latents) == 2 * len(core.data.train)
