@@ -123,7 +123,9 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         made = _digest(tune, config.sample.model_dump(mode="json"), config.seed)
         stages.append(Stage("sample", made, root / "surrogate" / made))
     else:
-        made = _digest(fingerprint, config.method, config.sample.ipc, config.seed)
+        # `full` takes the whole training split whatever the IPC: one selection serves all.
+        ipc = None if config.method == "full" else config.sample.ipc
+        made = _digest(fingerprint, config.method, ipc, config.seed)
         stages.append(Stage("select", made, root / "surrogate" / made))
     judged = _digest(made, config.eval.model_dump(mode="json"), config.seed)
     stages.append(Stage("evaluate", judged, root / "eval" / judged))
@@ -409,16 +411,25 @@ def run_experiment(config: Config, config_path: str, dry_run: bool = False) -> i
     print(format_plan(stages))
     if dry_run:
         return 0
-    tracker = Tracker(config.tracking)
-    tags = provenance_tags(config, core.data.fingerprint, str(core.device))
-    tags["mdd.config_file"] = config_path
+    result = run_with_core(core, config, Tracker(config.tracking), {"mdd.config_file": config_path})
+    print(format_summary(result))
+    return 0
+
+
+def run_with_core(core: Core, config: Config, tracker: Tracker, tags: dict[str, str]) -> RunResult:
+    """One top-level MLflow run of ``config`` on an already loaded core, as ``mdd-run`` records it.
+
+    Scripts that run many configs in one process (benchmarks/quality_fmnist.py) call this
+    with one core, so the dataset and the base model are loaded once. ``tags`` are added to
+    the provenance tags.
+    """
+    tags = provenance_tags(config, core.data.fingerprint, str(core.device)) | tags
     with tracker.run(config.name, tags=tags) as parent:
         parent.log_params(config.to_dict())
         parent.log_config(config)
         result = execute(core, config, tracker, parent)
         parent.log_metrics(result.metrics)
-    print(format_summary(result))
-    return 0
+    return result
 
 
 def _base_stage(config: Config, fingerprint: str) -> Stage:

@@ -92,7 +92,8 @@ def _test_results(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    base = method.split("-", 1)[0]  # a variant (minimax-swept) sorts after its method
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
@@ -112,6 +113,8 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
         if method is None or "sample.ipc" not in params:
             unplaced.append(run["run_id"])
             continue
+        if variant := run["tags"].get("mdd.variant"):
+            method = f"{method}-{variant}"  # same method, other settings: its own column
         protocol = params.get("eval.protocol", "unknown")
         for network, values in results.items():
             key = (_dataset(params), protocol, method, int(params["sample.ipc"]), network)

@@ -69,6 +69,11 @@ def storage_url(given: str | None, sweep: SweepConfig) -> str:
     return f"sqlite:///{path}"
 
 
+def study_name(sweep: SweepConfig, ipc: int) -> str:
+    """One study per IPC of a sweep (IPC is a grid axis, never searched)."""
+    return f"{sweep.name}-ipc{ipc}"
+
+
 @contextlib.contextmanager
 def study_lock(url: str) -> Iterator[None]:
     """One process at a time: a PostgreSQL advisory lock, or a file lock beside sqlite."""
@@ -233,7 +238,7 @@ class Worker:
         return 0
 
     def study_name(self, ipc: int) -> str:
-        return f"{self.sweep.name}-ipc{ipc}"
+        return study_name(self.sweep, ipc)
 
     def run_study(self, ipc: int) -> None:
         name = self.study_name(ipc)

@@ -1,0 +1,363 @@
+"""Quality benchmark on Fashion-MNIST: every method at every IPC, through the real pipeline.
+
+Cells are (method, IPC): ``random``, ``herding``, ``kcenter``, ``dit`` (minimax weights 0),
+``minimax`` with the published weights, ``minimax-swept`` with the best weights of the sweep
+``sweeps/fashion_mnist.yaml``, and ``full`` (the whole training split); IPC 1, 10 and 50.
+Every cell is ``experiments/fashion_mnist.yaml`` with overrides, evaluated by ConvNet-3 with
+the DC protocol (last-epoch test accuracy), and recorded as one top-level MLflow run like
+``mdd-run`` records it, so ``mdd report --experiment quality_fmnist`` shows the same numbers.
+All cells run in this one process on one ``Core``: the dataset and the base model are loaded
+once, and the stage cache shares what cells have in common (one fine-tuning serves every IPC).
+
+It prints a markdown table (rows IPC, columns methods, cells "mean ± std (distillation wall
+s)"), the total wall time and the hardware; ``--out`` also writes table.md and results.json.
+``--quick`` runs the smoke experiment's sizes instead (CI keeps the script working with it).
+
+    .venv/bin/python benchmarks/quality_fmnist.py [--quick] [--ipc 1 10 50] [--methods ...]
+        [--repeats 3] [--full-epochs 20] [--best-weights LR LD] [--out FOLDER] [--set K=V ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# benchmarks/speed.py, beside this script: one description of the hardware for both.
+from speed import hardware
+
+from mdd.config import Config, load_config
+from mdd.errors import ConfigError, MddError, StageError
+from mdd.pipeline import Core, run_with_core
+from mdd.report import mean_std
+from mdd.stages.evaluate import protocol_for
+from mdd.sweep import best_params
+from mdd.tracking import Tracker, redact
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORK = "convnet3"
+PUBLISHED_WEIGHTS = (0.002, 0.008)  # lambda_r, lambda_d (METHOD.md section 2)
+COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
+# Set by the benchmark itself: the grid (method, IPC) and the protocol every cell shares.
+GRID_KEYS = ("method", "sample.ipc", "eval.protocol", "eval.networks")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a benchmark run starts from; ``--quick`` swaps in tiny sizes."""
+
+    name: str
+    experiment: Path
+    sweep: Path
+    ipcs: tuple[int, ...]
+    repeats: int
+    full_epochs: int  # the DC protocol's 1000 epochs on 55,000 images is days on a CPU
+    overrides: tuple[str, ...]
+    mlflow_experiment: str
+
+
+STANDARD = Mode(
+    name="standard",
+    experiment=ROOT / "experiments" / "fashion_mnist.yaml",
+    sweep=ROOT / "sweeps" / "fashion_mnist.yaml",
+    ipcs=(1, 10, 50),
+    repeats=3,
+    full_epochs=20,
+    overrides=("eval.protocol=dc", f"eval.networks=[{NETWORK}]"),
+    mlflow_experiment="quality_fmnist",
+)
+# A separate MLflow experiment: the report keeps the newest run of a cell, and quick
+# numbers must never stand in for real ones.
+QUICK = Mode(
+    name="quick",
+    experiment=ROOT / "experiments" / "smoke.yaml",
+    sweep=ROOT / "sweeps" / "smoke.yaml",
+    ipcs=(1, 2),
+    repeats=1,
+    full_epochs=2,
+    overrides=(
+        "eval.protocol=dc",
+        f"eval.networks=[{NETWORK}]",
+        "eval.epochs=2",
+        "finetune.steps=10",
+    ),
+    mlflow_experiment="quality_fmnist_quick",
+)
+
+
+@dataclass
+class Cell:
+    """One (method, IPC) cell: its numbers, or why it has none."""
+
+    column: str
+    ipc: int
+    status: str = "to run"  # done, skipped or failed
+    note: str = ""
+    last_acc_mean: float | None = None
+    last_acc_std: float | None = None
+    distill_wall_s: float | None = None
+    eval_epochs: int | None = None
+    repeats: int | None = None
+    cached_stages: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        if self.status != "done":
+            return self.status
+        accuracy = mean_std(self.last_acc_mean, self.last_acc_std)
+        return f"{accuracy} ({self.distill_wall_s:.1f} s)"
+
+
+Weights = tuple[float, float]  # lambda_r, lambda_d
+
+
+def _method(column: str) -> str:
+    return "minimax" if column == "minimax-swept" else column
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def swept_weights(args: argparse.Namespace, sweep: Path) -> tuple[Weights | None, str]:
+    """The minimax-swept weights and where they come from; None (with why) when there are none."""
+    if args.best_weights is not None:
+        return tuple(args.best_weights), "given on the command line (--best-weights)"
+    best = best_params(sweep, storage=args.storage)
+    where = f"sweep {_shown(sweep)}"
+    if best is None:
+        return None, (
+            f"skipped: {where} has no complete trial in "
+            f"{redact(args.storage) if args.storage else 'its default Optuna storage'} and "
+            "no --best-weights was given. Hint: run `mdd-sweep` first, or pass --best-weights."
+        )
+    keys = ("finetune.lambda_r", "finetune.lambda_d")
+    if not all(key in best.params for key in keys):
+        return None, f"skipped: {where} does not search {' and '.join(keys)}."
+    values = ", ".join(f"{value:.4g}" for value in best.values)
+    source = (
+        f"the best trial (#{best.number}, objective {values}) of study {best.study} "
+        f"in {redact(best.storage)}; only its weights are used"
+    )
+    return (float(best.params[keys[0]]), float(best.params[keys[1]])), source
+
+
+def cell_config(
+    mode: Mode, args: argparse.Namespace, column: str, ipc: int, lambdas: Weights | None
+) -> Config:
+    """The experiment file with the mode's, the cell's and the user's overrides, in that order."""
+    experiment = args.experiment or mode.mlflow_experiment
+    overrides = [
+        *mode.overrides,
+        f"name={experiment}-{column}-ipc{ipc}",
+        f"method={_method(column)}",
+        f"sample.ipc={ipc}",
+        f"eval.repeats={args.repeats or mode.repeats}",
+        f"tracking.experiment={experiment}",
+    ]
+    if lambdas is not None:
+        overrides += [f"finetune.lambda_r={lambdas[0]}", f"finetune.lambda_d={lambdas[1]}"]
+    if column == "full":
+        overrides.append(f"eval.epochs={args.full_epochs or mode.full_epochs}")
+    return load_config(mode.experiment, [*overrides, *args.overrides])
+
+
+def run_cell(
+    core: Core, tracker: Tracker, config: Config, cell: Cell, tags: dict[str, str]
+) -> None:
+    """Run one cell on the shared core; a stage that fails marks the cell, not the benchmark."""
+    try:
+        result = run_with_core(core, config, tracker, tags)
+    except StageError as exc:
+        cell.status, cell.note = "failed", str(exc)
+        return
+    cell.status = "done"
+    cell.last_acc_mean = result.metrics[f"test/{NETWORK}/last_acc_mean"]
+    cell.last_acc_std = result.metrics[f"test/{NETWORK}/last_acc_std"]
+    cell.distill_wall_s = result.metrics["distill_wall_s"]
+    cell.cached_stages = [name for name, info in result.stages.items() if info["cached"]]
+
+
+def format_table(cells: list[Cell], columns: list[str], ipcs: list[int]) -> str:
+    by_key = {(cell.column, cell.ipc): cell for cell in cells}
+    lines = ["| IPC | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for ipc in ipcs:
+        texts = [by_key[(column, ipc)].text() for column in columns]
+        lines.append(f"| {ipc} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def _listed(values: set[int]) -> str:
+    return ", ".join(str(value) for value in sorted(values))
+
+
+def format_notes(cells: list[Cell], settings: dict[str, Any]) -> str:
+    """What the table's numbers are, how they were made, and the cells without numbers."""
+    repeats = _listed({cell.repeats for cell in cells})
+    epochs = _listed({cell.eval_epochs for cell in cells if cell.column != "full"})
+    full_epochs = _listed({cell.eval_epochs for cell in cells if cell.column == "full"})
+    notes = [
+        f"Test accuracy (%) after the last epoch, mean ± std over {repeats} {NETWORK} "
+        f"networks trained from scratch on each set, DC protocol with {epochs} epochs; in "
+        "brackets the distillation wall time in seconds (`distill_wall_s`: fine-tuning + "
+        "sampling for dit and minimax, the selection for the others). A stage found in the "
+        "cache reports the time it took when it was computed, so a fine-tuning shared by "
+        "several IPCs counts in each of them.",
+    ]
+    if full_epochs:
+        notes.append(
+            f"full: the whole training split, trained for {full_epochs} epochs instead of the "
+            "protocol's 1000 (a CPU budget): a lower bound on the upper bound."
+        )
+    for column, found in settings["weights"].items():
+        if found["lambdas"] is None:
+            notes.append(f"{column}: {found['source']}")
+        else:
+            lambda_r, lambda_d = found["lambdas"]
+            notes.append(
+                f"{column}: lambda_r {lambda_r:g}, lambda_d {lambda_d:g}, {found['source']}."
+            )
+    notes += [
+        f"{cell.column} at IPC {cell.ipc} failed: {cell.note}"
+        for cell in cells
+        if cell.status == "failed"
+    ]
+    info = settings["hardware"]
+    notes.append(
+        f"Total wall time {settings['total_wall_s']:.0f} s on {info['device_name']} "
+        f"({info['usable_cores']} usable of {info['logical_cores']} cores, "
+        f"{info['torch_threads']} torch threads, torch {info['torch_version']}, device "
+        f"{info['device']}, load average {info['load_average_1min_at_start']:.2f} at start)."
+    )
+    return "\n".join(f"- {note}" for note in notes)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
+
+
+def _weight(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: a criterion weight is at least 0")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke experiment)")
+    parser.add_argument(
+        "--ipc", type=_positive_int, nargs="+", help="default: 1 10 50 (quick: 1 2)"
+    )
+    parser.add_argument("--methods", nargs="+", choices=COLUMNS, help="default: all")
+    parser.add_argument(
+        "--repeats", type=_positive_int, help="networks per cell (default 3; quick 1)"
+    )
+    parser.add_argument(
+        "--full-epochs", type=_positive_int, help="training epochs of `full` (default 20; quick 2)"
+    )
+    parser.add_argument(
+        "--best-weights",
+        type=_weight,
+        nargs=2,
+        metavar=("LR", "LD"),
+        help="minimax-swept weights, instead of reading the sweep's study",
+    )
+    parser.add_argument("--sweep", type=Path, help="sweep file (default sweeps/fashion_mnist.yaml)")
+    parser.add_argument("--storage", help="its Optuna storage URL (default: as mdd-sweep)")
+    parser.add_argument("--experiment", help="MLflow experiment (default quality_fmnist)")
+    parser.add_argument("--out", type=Path, help="also write table.md and results.json here")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field in every cell, e.g. --set data.root=/data/fmnist",
+    )
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
+    """Every cell, in IPC order; returns the cells and the settings they ran under."""
+    started = time.perf_counter()
+    mode = QUICK if args.quick else STANDARD
+    for text in args.overrides:
+        if text.split("=", 1)[0].strip() in GRID_KEYS:
+            raise ConfigError(
+                f"--set {text!r}: the benchmark sets {', '.join(GRID_KEYS)} itself. "
+                "Hint: use --methods and --ipc."
+            )
+    columns = list(args.methods or COLUMNS)
+    ipcs = sorted(set(args.ipc or mode.ipcs))
+    weights: dict[str, tuple[Weights | None, str]] = {
+        "minimax": (PUBLISHED_WEIGHTS, "the published defaults (METHOD.md section 2)")
+    }
+    if "minimax-swept" in columns:
+        weights["minimax-swept"] = swept_weights(args, args.sweep or mode.sweep)
+    plan = []
+    for ipc in ipcs:
+        for column in columns:
+            lambdas = weights[column][0] if column in weights else None
+            plan.append((Cell(column, ipc), cell_config(mode, args, column, ipc, lambdas)))
+    first = plan[0][1]
+    core = Core.load(first)
+    tracker = Tracker(first.tracking)
+    for index, (cell, config) in enumerate(plan, start=1):
+        cell.repeats = config.eval.repeats
+        cell.eval_epochs = protocol_for(config, cell.ipc).epochs
+        if cell.column in weights and weights[cell.column][0] is None:
+            cell.status = "skipped"
+            continue
+        print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc}", flush=True)
+        tags = {"mdd.config_file": _shown(mode.experiment), "mdd.benchmark": "quality_fmnist"}
+        if cell.column == "minimax-swept":
+            tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[cell.column][1]}
+        run_cell(core, tracker, config, cell, tags)
+    settings = {
+        "mode": mode.name,
+        "experiment": _shown(mode.experiment),
+        "mlflow_experiment": first.tracking.experiment,
+        "tracking_uri": redact(tracker.uri),
+        "columns": columns,
+        "ipcs": ipcs,
+        "weights": {
+            column: {"lambdas": lambdas, "source": source}
+            for column, (lambdas, source) in weights.items()
+            if column in columns
+        },
+        "hardware": hardware(core.device),
+        "total_wall_s": time.perf_counter() - started,
+    }
+    return [cell for cell, _ in plan], settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cells, settings = run(args)
+    except MddError as exc:
+        print(f"quality_fmnist.py: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    title = (
+        f"# Fashion-MNIST quality ({settings['mode']}), MLflow `{settings['mlflow_experiment']}`"
+    )
+    table = format_table(cells, settings["columns"], settings["ipcs"])
+    markdown = f"{title}\n\n{table}\n\n{format_notes(cells, settings)}\n"
+    print(markdown, flush=True)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text(markdown, encoding="utf-8")
+        record = {**settings, "cells": [asdict(cell) for cell in cells], "table": markdown}
+        (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    return 1 if any(cell.status == "failed" for cell in cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

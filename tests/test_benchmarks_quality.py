@@ -1,0 +1,172 @@
+"""benchmarks/quality_fmnist.py keeps working: ``--quick`` runs every (method, IPC) cell through
+the real pipeline on a tiny Fashion-MNIST stand-in, and ``mdd report`` on the same MLflow store
+shows the same accuracies. The accuracies themselves are not judged here: tiny sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from mdd.sweep import best_params
+from tests.conftest import write_tiny_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "quality_fmnist.py"
+COLUMNS = ["random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full"]
+EXPERIMENT = "quality_fmnist_quick"
+CELL = re.compile(r"^(?P<accuracy>\d+\.\d\d ± \d+\.\d\d) \((?P<wall_s>\d+\.\d) s\)$")
+SWEPT = {"finetune.lambda_r": 0.03, "finetune.lambda_d": 0.05}  # the best trial below
+
+
+def markdown_table(text: str, first_header: str) -> dict[str, dict[str, str]]:
+    """The first table whose header starts with ``first_header``: row label -> column -> cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+def write_study(url: str) -> None:
+    """A study of sweeps/smoke.yaml (the sweep --quick reads) with two complete trials."""
+    study = optuna.create_study(study_name="smoke-ipc2", storage=url, direction="maximize")
+    weight = optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
+    distributions = {"finetune.lambda_r": weight, "finetune.lambda_d": weight}
+    worse = {"finetune.lambda_r": 0.001, "finetune.lambda_d": 0.002}
+    for value, params in ((40.0, worse), (55.0, SWEPT)):
+        trial = optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        study.add_trial(trial)
+
+
+def run_script(work: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), "--quick", *extra]
+    for override in (
+        f"data.root={work / 'data'}",
+        f"cache_dir={work / 'cache'}",
+        f"tracking.artifact_root={work / 'artifacts'}",
+        "device=cpu",
+    ):
+        command += ["--set", override]
+    # cwd: anything left at its default (runs/...) lands in the temporary folder.
+    return subprocess.run(
+        command, cwd=work, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("quality")
+    write_tiny_fashion_mnist(work / "data", train_per_class=40, test_per_class=10)
+    storage = f"sqlite:///{work / 'optuna.db'}"
+    write_study(storage)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    done = run_script(work, env, "--storage", storage, "--out", str(work / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = subprocess.run(
+        [sys.executable, "-m", "mdd", "report", "--experiment", EXPERIMENT],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    return {
+        "work": work,
+        "env": env,
+        "stdout": done.stdout,
+        "report": report.stdout,
+        "results": json.loads((work / "out" / "results.json").read_text()),
+    }
+
+
+def test_quick_table_has_a_row_per_ipc_and_a_column_per_method_of_numbers(quick_run):
+    table = markdown_table(quick_run["stdout"], "IPC")
+    assert list(table) == ["1", "2"]
+    for ipc, row in table.items():
+        assert list(row) == ["IPC", *COLUMNS]
+        for column in COLUMNS:
+            found = CELL.match(row[column])
+            assert found, f"IPC {ipc}, {column}: {row[column]!r}"
+            mean, std = (float(part) for part in found["accuracy"].split(" ± "))
+            assert 0 <= mean <= 100 and std >= 0
+            assert float(found["wall_s"]) >= 0
+    assert (quick_run["work"] / "out" / "table.md").read_text() in quick_run["stdout"]
+
+
+def test_table_cells_are_the_recorded_metrics_of_each_cell(quick_run):
+    table = markdown_table(quick_run["stdout"], "IPC")
+    cells = quick_run["results"]["cells"]
+    assert len(cells) == 2 * len(COLUMNS)
+    for cell in cells:
+        assert cell["status"] == "done"
+        assert (cell["repeats"], cell["eval_epochs"]) == (1, 2)  # --quick: 1 network, 2 epochs
+        text = f"{cell['last_acc_mean']:.2f} ± {cell['last_acc_std']:.2f}"
+        assert table[str(cell["ipc"])][cell["column"]].startswith(text)
+    # One fine-tuning per weight setting serves both IPCs: IPC is not part of its key.
+    at_ipc2 = {cell["column"]: cell for cell in cells if cell["ipc"] == 2}
+    for column in ("dit", "minimax", "minimax-swept"):
+        assert at_ipc2[column]["cached_stages"] == ["pretrain", "finetune"]
+
+
+def test_swept_cell_takes_the_weights_of_the_studys_best_trial(quick_run):
+    weights = quick_run["results"]["weights"]
+    assert weights["minimax"]["lambdas"] == [0.002, 0.008]
+    assert weights["minimax-swept"]["lambdas"] == [0.03, 0.05]
+    assert "best trial (#1, objective 55) of study smoke-ipc2" in quick_run["stdout"]
+    client = MlflowClient(tracking_uri=quick_run["env"]["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs(
+        [experiment.experiment_id], f"attributes.run_name = '{EXPERIMENT}-minimax-swept-ipc1'"
+    )
+    assert len(runs) == 1
+    assert runs[0].data.params["finetune.lambda_r"] == "0.03"
+    assert runs[0].data.params["finetune.lambda_d"] == "0.05"
+    assert runs[0].data.tags["mdd.variant"] == "swept"
+
+
+def test_mdd_report_shows_the_same_methods_and_accuracies(quick_run):
+    table = markdown_table(quick_run["stdout"], "IPC")
+    pivot = markdown_table(quick_run["report"].split("## fashion_mnist, dc protocol")[1], "IPC")
+    assert list(pivot) == ["1", "2"]
+    for ipc, row in pivot.items():
+        assert list(row) == ["IPC", "network", *COLUMNS]
+        for column in COLUMNS:
+            assert table[ipc][column].startswith(row[column].strip("*") + " (")
+
+
+def test_swept_column_without_a_study_or_weights_is_skipped_and_says_why(quick_run):
+    missing = f"sqlite:///{quick_run['work'] / 'no-such-optuna.db'}"
+    done = run_script(
+        quick_run["work"],
+        quick_run["env"],
+        *("--methods", "minimax-swept", "--ipc", "1", "--storage", missing),
+        *("--experiment", "quality_skipped"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert markdown_table(done.stdout, "IPC")["1"]["minimax-swept"] == "skipped"
+    assert "minimax-swept: skipped: sweep sweeps/smoke.yaml has no complete trial" in done.stdout
+    assert not (quick_run["work"] / "no-such-optuna.db").exists()
+
+
+def test_best_params_reads_the_best_trial_and_is_none_for_an_unknown_study(tmp_path: Path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    write_study(storage)
+    best = best_params(ROOT / "sweeps" / "smoke.yaml", storage=storage)
+    assert (best.study, best.number, best.values, best.params) == ("smoke-ipc2", 1, [55.0], SWEPT)
+    assert best_params(ROOT / "sweeps" / "fashion_mnist.yaml", storage=storage) is None
