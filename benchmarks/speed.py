@@ -173,6 +173,7 @@ def build_base(cfg: Config, device: torch.device) -> BaseModel:
         num_classes=num_classes,
         latent_shape=latent_shape,
         identity=f"benchmark-{cfg.model.preset}-random-weights",
+        class_ids=torch.arange(num_classes),
     )
 
 
@@ -223,9 +224,9 @@ def finetune_ms_per_step(
     run_cfg = cfg.model_copy(
         update={"steps": sizes.finetune_steps, "checkpoint_every_steps": sizes.finetune_steps}
     )
-    label_map = torch.arange(trainable.base.num_classes)
+    base = trainable.base
     with progress_bars_hidden():
-        finetune(trainable, latents, label_map, run_cfg, 0, folder, device, log)
+        finetune(trainable, latents, base.class_ids, run_cfg, 0, folder, device, log)
     return [
         1000.0 / rate
         for step, rate in windows
@@ -314,7 +315,7 @@ def bench_sampling(
 ) -> dict[str, dict[str, float]]:
     """Benchmark 4: images per second of the real sampling stage, latents decoded to images."""
     labels = make_labels(base.num_classes, sizes.sample_ipc)
-    label_map = torch.arange(base.num_classes)
+    label_map = base.class_ids
     arms = {"batched": cfg, "one_at_a_time": cfg.model_copy(update={"batch_size": 1})}
     with progress_bars_hidden():
         for arm_cfg in arms.values():

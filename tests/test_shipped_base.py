@@ -1,0 +1,46 @@
+"""The base model mdd pretrained itself and ships for the demo: it loads and it samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mdd.cli import main
+from mdd.config import SampleConfig, load_config
+from mdd.data.fashion_mnist import CLASS_NAMES
+from mdd.stages.pretrain import load_base
+from mdd.stages.sample import generate_images
+
+SHIPPED = Path("mdd/assets/fashion_mnist_base")
+
+
+def test_demo_experiment_points_at_the_shipped_base() -> None:
+    config = load_config("experiments/fashion_mnist.yaml")
+    assert config.pretrain.checkpoint == SHIPPED
+    assert (SHIPPED / "base.json").is_file()
+
+
+def test_shipped_base_loads_and_samples_every_class() -> None:
+    base = load_base(SHIPPED, torch.device("cpu"))
+    manifest = json.loads((SHIPPED / "base.json").read_text())
+    assert manifest["class_names"] == list(CLASS_NAMES)
+    assert base.latent_shape == (4, 7, 7)
+    assert base.num_classes == 10 and base.null_class == 10
+    weights = sum(f.stat().st_size for f in SHIPPED.rglob("*.safetensors"))
+    assert weights < 16 * 2**20  # a few MB, fit for the repository
+    labels = torch.arange(10)
+    sample = SampleConfig(steps=2, guidance_scale=2.0, batch_size=10)
+    images = generate_images(base, labels, base.class_ids, sample, 0, torch.device("cpu"))
+    assert images.shape == (10, 1, 28, 28) and images.dtype == torch.uint8
+    assert images.float().std() > 0
+
+
+def test_mdd_data_prints_classes_and_split_sizes_of_real_fashion_mnist(capsys) -> None:
+    assert main(["data", "experiments/fashion_mnist.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "fingerprint:" in out
+    for name in CLASS_NAMES:
+        assert name in out
+    assert "total           55000    5000   10000" in out
