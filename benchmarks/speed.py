@@ -115,7 +115,9 @@ def hardware(device: torch.device) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+    usable = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 0)
+    )
     return {
         "cpu_model": cpu_model,
         "logical_cores": os.cpu_count(),
@@ -165,7 +167,7 @@ def build_base(cfg: Config, device: torch.device) -> BaseModel:
     """The experiment's architecture with fresh weights: step times do not depend on them."""
     autoencoder = ConvAutoencoder(IMAGE_SHAPE[0], cfg.autoencoder.latent_channels).to(device)
     latent_shape = autoencoder.latent_shape(IMAGE_SHAPE)
-    num_classes = 10
+    num_classes = 10  # Fashion-MNIST
     transformer = create_backbone(cfg.model.preset, num_classes, latent_shape[0], latent_shape[1])
     return BaseModel(
         autoencoder=autoencoder.eval(),
@@ -433,7 +435,7 @@ def report(results: dict[str, Any]) -> str:
     ]
 
     def step_line(label: str, arm: dict[str, float]) -> str:
-        return f"   {label:<44} {arm['steps_per_s']:8.2f} steps/s {arm['ms_per_step']:9.2f} ms/step"
+        return f"   {label:<48} {arm['steps_per_s']:8.2f} steps/s {arm['ms_per_step']:9.2f} ms/step"
 
     lines += [
         step_line("without criteria (lambda 0 / 0)", ft["without_criteria"]),
@@ -450,9 +452,9 @@ def report(results: dict[str, Any]) -> str:
     for result in cr.values():
         dim = int(result["dim"])
         lines += [
-            f"   {f'D = {dim}, ring buffer (MinimaxCriteria)':<44} "
+            f"   {f'D = {dim}, ring buffer (MinimaxCriteria)':<48} "
             f"{result['ring_buffer_ms_per_step']:9.3f} ms/step",
-            f"   {f'D = {dim}, per-class loop (LoopMinimaxCriteria)':<44} "
+            f"   {f'D = {dim}, per-class loop (LoopMinimaxCriteria)':<48} "
             f"{result['loop_ms_per_step']:9.3f} ms/step",
         ]
     lines += [
@@ -472,12 +474,12 @@ def report(results: dict[str, Any]) -> str:
         batches = math.ceil(arm["images"] / arm["batch_size"])
         label = f"batch size {int(arm['batch_size'])} ({batches} batches)"
         lines.append(
-            f"   {label:<44} {arm['images_per_s']:8.2f} images/s "
+            f"   {label:<48} {arm['images_per_s']:8.2f} images/s "
             f"({int(arm['images'])} images in {arm['seconds']:.2f} s)"
         )
     lines += ["", f"   {'ratio':<48} {'value':>8}   target"]
     for name, value in results["ratios"].items():
-        lines.append(f"   {RATIO_LABELS[name]:<48} {value:8.3f}   {_target(name, value)}")
+        lines.append(f"   {RATIO_LABELS[name]:<48} {value:8.3f}   {_target(name, value)}".rstrip())
     return "\n".join(lines)
 
 
