@@ -57,7 +57,24 @@ def _check_settings(num_classes: int, memory_size: int, lambda_r: float, lambda_
         raise ValueError(f"lambda_r ({lambda_r}) and lambda_d ({lambda_d}) must be >= 0")
 
 
-class MinimaxCriteria(nn.Module):
+class _Settings(nn.Module):
+    """What both implementations hold: the sizes and the two weights; each defines ``reset``."""
+
+    def __init__(self, num_classes: int, memory_size: int, lambda_r: float, lambda_d: float):
+        super().__init__()
+        _check_settings(num_classes, memory_size, lambda_r, lambda_d)
+        self.num_classes = num_classes
+        self.memory_size = memory_size
+        self.lambda_r = lambda_r
+        self.lambda_d = lambda_d
+        self.reset()
+
+    @property
+    def enabled(self) -> bool:
+        return self.lambda_r > 0 or self.lambda_d > 0
+
+
+class MinimaxCriteria(_Settings):
     """The minimax criteria of METHOD.md section 2 over per-class ring-buffer memories.
 
     The memories are plain tensor attributes, not buffers or parameters: they are the
@@ -76,19 +93,6 @@ class MinimaxCriteria(nn.Module):
     With ``lambda_r == lambda_d == 0`` (the plain "dit" baseline) a call returns zeros and
     neither computes nor stores anything.
     """
-
-    def __init__(self, num_classes: int, memory_size: int, lambda_r: float, lambda_d: float):
-        super().__init__()
-        _check_settings(num_classes, memory_size, lambda_r, lambda_d)
-        self.num_classes = num_classes
-        self.memory_size = memory_size
-        self.lambda_r = lambda_r
-        self.lambda_d = lambda_d
-        self.reset()
-
-    @property
-    def enabled(self) -> bool:
-        return self.lambda_r > 0 or self.lambda_d > 0
 
     def reset(self) -> None:
         """Forget everything: the next call starts from empty memories."""
@@ -203,26 +207,13 @@ def _cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     return (a @ b.T) / (a.norm(dim=1).unsqueeze(1) * b.norm(dim=1).unsqueeze(0))
 
 
-class LoopMinimaxCriteria(nn.Module):
+class LoopMinimaxCriteria(_Settings):
     """The same criteria as the reference code computes them (METHOD.md section 2).
 
     Per-class Python lists of items, concatenated anew every step, and a loop over the
     classes of the batch. Kept as the readable definition and for the speed benchmark;
     same interface and numbers as ``MinimaxCriteria``.
     """
-
-    def __init__(self, num_classes: int, memory_size: int, lambda_r: float, lambda_d: float):
-        super().__init__()
-        _check_settings(num_classes, memory_size, lambda_r, lambda_d)
-        self.num_classes = num_classes
-        self.memory_size = memory_size
-        self.lambda_r = lambda_r
-        self.lambda_d = lambda_d
-        self.reset()
-
-    @property
-    def enabled(self) -> bool:
-        return self.lambda_r > 0 or self.lambda_d > 0
 
     def reset(self) -> None:
         """Forget everything: the next call starts from empty memories."""
