@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderKL
 from PIL import Image
 
 from mdd.cli import run_main
@@ -22,6 +21,7 @@ from mdd.data.folders import KNOWN_IMAGENET_INDEX, subset_wnids
 from mdd.data.surrogate import read_surrogate
 from mdd.diffusion.backbone import create_backbone
 from mdd.pipeline import Core, plan
+from tests.test_autoencoder import tiny_vae
 
 
 def write_class_tree(root: Path, wnids: list[str], per_class: int) -> None:
@@ -36,18 +36,7 @@ def write_class_tree(root: Path, wnids: list[str], per_class: int) -> None:
 
 def write_pretrained_layout(folder: Path) -> None:
     """transformer/ and vae/ as in facebook/DiT-XL-2-256, tiny and randomly initialised."""
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
+    vae = tiny_vae(sample_size=32)
     vae.save_pretrained(folder / "vae")
     transformer = create_backbone("DiT-tiny/2", 1000, 4, 16)
     with torch.no_grad():  # adaLN-zero makes a fresh DiT output zeros; give it some signal
