@@ -56,12 +56,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
     tracking = load_config(args.config).tracking if args.config else TrackingConfig()
     uri = tracking_uri(tracking)
-    # Bind to loopback unless asked otherwise: the UI has no authentication.
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
+    # The mlflow beside this interpreter (the venv's); loopback unless asked otherwise,
+    # since the UI has no authentication.
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host]
     command += ["--port", str(args.port)]
     print(f"MLflow UI for {redact(uri)} on http://{args.host}:{args.port}", flush=True)
-    bin_dir = os.path.dirname(sys.executable)
-    command[0] = os.path.join(bin_dir, "mlflow")
     return subprocess.call(command)
 
 
