@@ -247,3 +247,34 @@ def test_disabled_block_dropout_makes_train_mode_deterministic() -> None:
     assert len(tables) == 4
     assert all(m.dropout_prob == 0 for m in tables)
     assert all(m.embedding_table.num_embeddings == CLASSES + 1 for m in tables)
+
+
+def test_original_dit_embedders_are_shared_so_difffit_trains_one_class_table(tmp_path) -> None:
+    """The original DiT has one class table; diffusers copies it into every block."""
+    from mdd.diffusion.backbone import create_backbone, load_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("DiT-tiny/2", 1000, 4, 16)
+    first = model.transformer_blocks[0].norm1.emb.state_dict()
+    for block in model.transformer_blocks[1:]:  # as after converting an original checkpoint
+        block.norm1.emb.load_state_dict(first)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+        for block in model.transformer_blocks[1:]:
+            block.norm1.emb.load_state_dict(model.transformer_blocks[0].norm1.emb.state_dict())
+    model.save_pretrained(tmp_path / "dit")
+    unshared = load_backbone("DiT-tiny/2", tmp_path / "dit")
+    x = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([10, 500])
+    y = torch.tensor([193, 207])
+    shared_emb = (
+        unshared.transformer_blocks[1].norm1.emb is unshared.transformer_blocks[0].norm1.emb
+    )
+    assert shared_emb
+    selection = apply_difffit(unshared)
+    assert selection.by_group["class_embedding"] == 1001 * 32  # one table: 1000 classes + null
+    with torch.no_grad():
+        reference = model(hidden_states=x, timestep=t, class_labels=y).sample
+        loaded = unshared.eval()(hidden_states=x, timestep=t, class_labels=y).sample
+    assert torch.allclose(reference, loaded, atol=1e-5)

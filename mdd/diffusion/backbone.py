@@ -258,6 +258,8 @@ def load_backbone(
     else:
         raise ConfigError(f"model.path: no such folder or file {local}. Hint: {_LAYOUT_HINT}.")
     _check_architecture(model, preset, spec, text)
+    if spec.original_dit:
+        share_block_embeddings(model)
     return _finish(model, spec)
 
 
@@ -283,6 +285,26 @@ def _check_architecture(
             f"model.path: {location} holds a DiT with {found}, but model.preset '{preset}' "
             f"is {wanted}. Hint: set model.preset to the architecture of the checkpoint."
         )
+
+
+def share_block_embeddings(model: DiTTransformer2DModel) -> bool:
+    """Make every block use block 0's timestep + class embedder when all copies are equal.
+
+    The original DiT has one ``t_embedder`` and one ``y_embedder``; diffusers copies them
+    into every block, so DiffFit would train 28 separate class tables and bias sets on
+    DiT-XL/2 (about 33 M parameters instead of the paper's ~2 M). Sharing the module
+    restores the original model exactly (the copies are equal after loading). Returns
+    whether the embedders were shared.
+    """
+    blocks = model.transformer_blocks
+    first = blocks[0].norm1.emb.state_dict()
+    for block in blocks[1:]:
+        other = block.norm1.emb.state_dict()
+        if any(not torch.equal(first[key], other[key]) for key in first):
+            return False
+    for block in blocks[1:]:
+        block.norm1.emb = blocks[0].norm1.emb
+    return True
 
 
 def _finish(model: DiTTransformer2DModel, spec: Preset) -> DiTTransformer2DModel:
