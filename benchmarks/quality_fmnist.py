@@ -30,6 +30,7 @@ from typing import Any
 # benchmarks/speed.py, beside this script: one description of the hardware for both.
 from speed import hardware
 
+from mdd.cli import add_set_argument
 from mdd.config import Config, load_config
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.pipeline import Core, run_with_core
@@ -273,14 +274,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", help="its Optuna storage URL (default: as mdd-sweep)")
     parser.add_argument("--experiment", help="MLflow experiment (default quality_fmnist)")
     parser.add_argument("--out", type=Path, help="also write table.md and results.json here")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config field in every cell, e.g. --set data.root=/data/fmnist",
-    )
+    add_set_argument(parser)  # applied to every cell
     return parser.parse_args(argv)
 
 

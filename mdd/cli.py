@@ -19,6 +19,11 @@ from mdd.errors import MddError
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML file, e.g. experiments/fashion_mnist.yaml")
+    add_set_argument(parser)
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable), the one way every mdd command takes overrides."""
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from mdd.data.surrogate import read_surrogate, save_grid, to_uint8, write_surrogate
+from mdd.data.surrogate import read_surrogate, save_grid, write_surrogate
+from mdd.diffusion.autoencoder import unit_to_uint8
 from mdd.errors import DataError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]
@@ -30,11 +31,11 @@ def _write(folder: Path, images: torch.Tensor, labels: torch.Tensor, **extra) ->
     return write_surrogate(folder, images, labels, CLASS_NAMES, manifest)
 
 
-def test_to_uint8_maps_unit_range_to_rounded_clamped_levels() -> None:
+def test_unit_to_uint8_maps_unit_range_to_rounded_clamped_levels() -> None:
     images = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.3, 1.0, 2.0])
     # (x + 1) * 127.5 = -63.75, 0, 63.75, 127.5, 165.75, 255, 382.5; round half to even at 127.5.
-    assert to_uint8(images).tolist() == [0, 0, 64, 128, 166, 255, 255]
-    assert to_uint8(images).dtype == torch.uint8
+    assert unit_to_uint8(images).tolist() == [0, 0, 64, 128, 166, 255, 255]
+    assert unit_to_uint8(images).dtype == torch.uint8
 
 
 def test_written_surrogate_reads_back_equal(tmp_path: Path) -> None:

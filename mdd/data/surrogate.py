@@ -62,11 +62,6 @@ class Surrogate:
     manifest: dict[str, Any]
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 in [0, 255], rounded to the nearest level and clamped."""
-    return images.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def sanitise_class_name(name: str) -> str:
     """A folder-safe form of a class name: ``T-shirt/top`` -> ``T-shirt_top``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "class"

@@ -43,7 +43,7 @@ def uint8_to_unit(images_uint8: Tensor) -> Tensor:
 
 def unit_to_uint8(images: Tensor) -> Tensor:
     """float images in [-1, 1] -> uint8 in [0, 255], rounded to the nearest level."""
-    return images.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return images.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _weights_digest(module: nn.Module, settings: dict[str, Any]) -> str:
