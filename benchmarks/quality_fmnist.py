@@ -15,6 +15,11 @@ s)"), the total wall time and the hardware; ``--out`` also writes table.md and r
 
     .venv/bin/python benchmarks/quality_fmnist.py [--quick] [--ipc 1 10 50] [--methods ...]
         [--repeats 3] [--full-epochs 20] [--best-weights LR LD] [--out FOLDER] [--set K=V ...]
+        [--cached-only]
+
+The stage cache makes it resumable: a cell computed by an earlier run (or by ``mdd-run`` with
+the same settings) is read back, not recomputed, so the hours of the full grid can be spent in
+parts (``--ipc``, ``--methods``) and tabulated at the end with ``--cached-only``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from mdd.cli import add_set_argument
 from mdd.config import Config, load_config
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.pipeline import Core, run_with_core
+from mdd.pipeline import plan as stage_plan
 from mdd.report import mean_std
 from mdd.stages.evaluate import protocol_for
 from mdd.sweep import best_params
@@ -96,7 +102,7 @@ class Cell:
 
     column: str
     ipc: int
-    status: str = "to run"  # done, skipped or failed
+    status: str = "to run"  # done, skipped, failed, or not run (--cached-only)
     note: str = ""
     last_acc_mean: float | None = None
     last_acc_std: float | None = None
@@ -221,6 +227,13 @@ def format_notes(cells: list[Cell], settings: dict[str, Any]) -> str:
             notes.append(
                 f"{column}: lambda_r {lambda_r:g}, lambda_d {lambda_d:g}, {found['source']}."
             )
+    not_run = [f"{cell.column} at IPC {cell.ipc}" for cell in cells if cell.status == "not run"]
+    if not_run:
+        notes.append(
+            f"not run: {', '.join(not_run)}: not in the stage cache, and this table was made "
+            "with --cached-only (it reads what earlier runs computed). Run the same command "
+            "without --cached-only to compute them."
+        )
     notes += [
         f"{cell.column} at IPC {cell.ipc} failed: {cell.note}"
         for cell in cells
@@ -274,6 +287,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", help="its Optuna storage URL (default: as mdd-sweep)")
     parser.add_argument("--experiment", help="MLflow experiment (default quality_fmnist)")
     parser.add_argument("--out", type=Path, help="also write table.md and results.json here")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="compute nothing: report the cells earlier runs left in the stage cache, mark the "
+        "others 'not run' (a long benchmark can be run in parts, then tabulated at once)",
+    )
     add_set_argument(parser)  # applied to every cell
     return parser.parse_args(argv)
 
@@ -309,6 +328,11 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
         if cell.column in weights and weights[cell.column][0] is None:
             cell.status = "skipped"
             continue
+        if args.cached_only and not all(
+            s.cached for s in stage_plan(config, core.data.fingerprint)
+        ):
+            cell.status = "not run"
+            continue
         print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc}", flush=True)
         tags = {"mdd.config_file": _shown(mode.experiment), "mdd.benchmark": "quality_fmnist"}
         if cell.column == "minimax-swept":
@@ -326,6 +350,7 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
             for column, (lambdas, source) in weights.items()
             if column in columns
         },
+        "cached_only": args.cached_only,
         "hardware": hardware(core.device),
         "total_wall_s": time.perf_counter() - started,
     }

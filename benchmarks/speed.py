@@ -1,23 +1,27 @@
 """Speed benchmarks: mdd against the reference code's way of doing the same work, in one run.
 
-Four comparisons on one machine, at the sizes of ``experiments/fashion_mnist.yaml``
+Five comparisons on one machine, at the sizes of ``experiments/fashion_mnist.yaml``
 (latent-s DiT on 7x7x4 latents, 10 classes, DiffFit, fine-tuning batch 32):
 
 1. fine-tuning step time with the minimax criteria against without them (lambda 0/0);
 2. the criteria alone, ``MinimaxCriteria`` (ring buffers, one batched similarity) against
    ``LoopMinimaxCriteria`` (the reference code's per-class loop), at D = 4x7x7 and 4x32x32;
 3. fine-tuning from cached latents against encoding every batch with the autoencoder;
-4. sampling images per second, the default batch size against one image at a time.
+4. sampling images per second, the default batch size against one image at a time;
+5. a sweep's trials in one worker (shared core, fine-tune reuse) against one fresh process
+   per trial with empty caches (``benchmarks/sweep_speed.py``; needs Fashion-MNIST).
 
 It prints the hardware, absolute numbers and ratios; ``--json OUT`` writes them as well.
 benchmarks/README.md says what each benchmark measures and how to run it.
 
     .venv/bin/python benchmarks/speed.py [--quick] [--device auto|cpu|cuda] [--json OUT]
+        [--skip-sweep] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +40,7 @@ import diffusers
 import torch
 from torch import Tensor
 
+from mdd.cli import add_set_argument
 from mdd.config import Config, FinetuneConfig, SampleConfig, load_config
 from mdd.data.latents import LatentSet, cached_latents
 from mdd.diffusion.autoencoder import Autoencoder, ConvAutoencoder, uint8_to_unit
@@ -48,6 +53,9 @@ from mdd.stages.finetune import Trainable, finetune, prepare_trainable
 from mdd.stages.pretrain import BaseModel
 from mdd.stages.sample import generate_images
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling module
+import sweep_speed  # noqa: E402
+
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist.yaml"
 IMAGE_SHAPE = (1, 28, 28)  # Fashion-MNIST
 LOG_EVERY_STEPS = 10  # finetune() reports its steps/s over windows of this many steps
@@ -57,6 +65,7 @@ CRITERIA_SHAPES = {"d196": (4, 7, 7), "d4096": (4, 32, 32)}  # embedded default,
 TARGETS: dict[str, tuple[str, float]] = {
     "finetune_with_over_without_criteria": ("<=", 1.10),
     "sampling_batched_over_one_at_a_time": (">=", 10.0),
+    "sweep_fresh_processes_over_shared_core": (">=", 2.0),
 }
 RATIO_LABELS = {
     "finetune_with_over_without_criteria": "1. fine-tune step time, with / without criteria",
@@ -64,6 +73,7 @@ RATIO_LABELS = {
     "criteria_loop_over_ring_buffer_d4096": "2. criteria time, loop / ring buffer, D = 4096",
     "finetune_encoding_over_cached": "3. fine-tune step time, encoding / cached",
     "sampling_batched_over_one_at_a_time": "4. sampling images/s, batched / one at a time",
+    "sweep_fresh_processes_over_shared_core": "5. sweep wall time, fresh processes / shared",
 }
 
 
@@ -80,6 +90,7 @@ class Sizes:
     criteria_repeats: int
     sample_ipc: int  # images per class sampled by each arm
     sample_repeats: int
+    sweep: sweep_speed.SweepSizes  # benchmark 5's trial grid
 
 
 FULL = Sizes(
@@ -92,6 +103,7 @@ FULL = Sizes(
     criteria_repeats=5,
     sample_ipc=10,
     sample_repeats=2,
+    sweep=sweep_speed.FULL,
 )
 QUICK = Sizes(
     images=200,
@@ -103,6 +115,7 @@ QUICK = Sizes(
     criteria_repeats=2,
     sample_ipc=1,
     sample_repeats=1,
+    sweep=sweep_speed.QUICK,
 )
 
 
@@ -340,8 +353,14 @@ def bench_sampling(
     return results
 
 
-def run_all(device: torch.device, sizes: Sizes, mode: str) -> dict[str, Any]:
-    """All four benchmarks at the experiment's sizes; the numbers as a JSON-ready dict."""
+def run_all(
+    device: torch.device, sizes: Sizes, mode: str, sweep_overrides: list[str] | None
+) -> dict[str, Any]:
+    """Every benchmark at the experiment's sizes; the numbers as a JSON-ready dict.
+
+    ``sweep_overrides`` (e.g. ``data.root=...``) apply to every trial of benchmark 5; None
+    skips it.
+    """
     cfg = load_config(EXPERIMENT)
     seed_everything(cfg.seed)
     info = hardware(device)
@@ -358,6 +377,10 @@ def run_all(device: torch.device, sizes: Sizes, mode: str) -> dict[str, Any]:
         for name, shape in CRITERIA_SHAPES.items()
     }
     sampling_results = bench_sampling(base, cfg.sample, sizes, device)
+    sweep_results = None
+    if sweep_overrides is not None:
+        with tempfile.TemporaryDirectory(prefix="mdd-speed-sweep-") as tmp:
+            sweep_results = sweep_speed.bench_sweep(sizes.sweep, sweep_overrides, Path(tmp))
 
     ft = {name: arm["ms_per_step"] for name, arm in finetune_results.items()}
     ratios = {
@@ -375,6 +398,8 @@ def run_all(device: torch.device, sizes: Sizes, mode: str) -> dict[str, Any]:
             / sampling_results["one_at_a_time"]["images_per_s"]
         ),
     }
+    if sweep_results is not None:
+        ratios["sweep_fresh_processes_over_shared_core"] = sweep_results["ratio"]
     settings = {
         "mode": mode,
         "experiment": str(EXPERIMENT.relative_to(EXPERIMENT.parents[1])),
@@ -390,7 +415,8 @@ def run_all(device: torch.device, sizes: Sizes, mode: str) -> dict[str, Any]:
         "sample_steps": cfg.sample.steps,
         "sample_scheduler": cfg.sample.scheduler,
         "guidance_scale": cfg.sample.guidance_scale,
-        **{f"sizes_{key}": value for key, value in vars(sizes).items()},
+        **{f"sizes_{key}": value for key, value in vars(sizes).items() if key != "sweep"},
+        "sweep": dataclasses.asdict(sizes.sweep),
     }
     return {
         "hardware": info,
@@ -398,6 +424,7 @@ def run_all(device: torch.device, sizes: Sizes, mode: str) -> dict[str, Any]:
         "finetune": finetune_results,
         "criteria": criteria_results,
         "sampling": sampling_results,
+        "sweep": sweep_results,
         "ratios": ratios,
     }
 
@@ -477,6 +504,8 @@ def report(results: dict[str, Any]) -> str:
             f"   {label:<48} {arm['images_per_s']:8.2f} images/s "
             f"({int(arm['images'])} images in {arm['seconds']:.2f} s)"
         )
+    if results["sweep"] is not None:
+        lines += ["", *sweep_speed.report_lines(results["sweep"], st["sweep"])]
     lines += ["", f"   {'ratio':<48} {'value':>8}   target"]
     for name, value in results["ratios"].items():
         lines.append(f"   {RATIO_LABELS[name]:<48} {value:8.3f}   {_target(name, value)}".rstrip())
@@ -491,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--skip-sweep", action="store_true", help="leave out benchmark 5 (it needs Fashion-MNIST)"
+    )
+    add_set_argument(parser)  # benchmark 5's trials, e.g. --set data.root=/path/to/fmnist
     args = parser.parse_args(argv)
     try:
         device = pick_device(args.device)
@@ -499,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    results = run_all(device, QUICK if args.quick else FULL, "quick" if args.quick else "full")
+    sweep_overrides = None if args.skip_sweep else [f"device={args.device}", *args.overrides]
+    sizes, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    results = run_all(device, sizes, mode, sweep_overrides)
     print(report(results), flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

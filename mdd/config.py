@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mdd.errors import ConfigError
 
@@ -63,6 +70,21 @@ class ModelConfig(Section):
     compile: bool = False  # torch.compile the backbone (CUDA)
 
 
+# The package's own folder: `mdd/assets/...` in a config names the copy installed with mdd.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_asset(path: Path) -> Path:
+    """``path``, or the installed copy when it is a relative ``mdd/assets/...`` path.
+
+    Shipped configs name the shipped base as ``mdd/assets/fashion_mnist_base``; resolving it
+    against the package keeps them working from any working directory and from a wheel.
+    """
+    if path.is_absolute() or path.parts[:2] != ("mdd", "assets") or path.exists():
+        return path
+    return PACKAGE_ROOT / path
+
+
 class PretrainConfig(Section):
     checkpoint: Path | None = None  # a shipped base model; skips pretraining when set
     epochs: float = Field(6.0, gt=0)
@@ -72,6 +94,11 @@ class PretrainConfig(Section):
     ema_decay: float = Field(0.999, ge=0, le=1)
     checkpoint_every_steps: int = Field(500, ge=1)
     label_dropout: float = Field(0.1, ge=0, le=1)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _shipped(cls, value: Path | None) -> Path | None:
+        return None if value is None else shipped_asset(value)
 
 
 class FinetuneConfig(Section):
@@ -91,6 +118,8 @@ class FinetuneConfig(Section):
 class SampleConfig(Section):
     ipc: int = Field(10, ge=1)
     guidance_scale: float = Field(2.0, ge=1)
+    # Guide only the first N eps channels (the original DiT code: 3); None guides all.
+    guided_channels: int | None = Field(None, ge=1)
     steps: int = Field(50, ge=1)
     scheduler: Literal["ddpm", "ddim"] = "ddpm"
     batch_size: int = Field(250, ge=1)

@@ -41,14 +41,26 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# Content hashes of checkpoint folders, by their files' names, sizes and mtimes: a plan is
+# made for every run and sweep trial, and re-reading a base's weights each time is waste.
+_IDENTITIES: dict[tuple[Any, ...], str] = {}
+
+
 def _file_identity(path: Path) -> str:
     """Content hash of a (small) checkpoint folder's weight files, for cache keys."""
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
+    files = sorted(file for file in path.rglob("*") if file.is_file())
+    stamps = tuple(
+        (file.relative_to(path).as_posix(), file.stat().st_size, file.stat().st_mtime_ns)
+        for file in files
+    )
+    known = (str(path.resolve()), stamps)
+    if known not in _IDENTITIES:
+        digest = hashlib.sha256()
+        for file in files:
             digest.update(file.relative_to(path).as_posix().encode())
             digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+        _IDENTITIES[known] = digest.hexdigest()[:16]
+    return _IDENTITIES[known]
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,9 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         stages.append(Stage("pretrain", base, root / "base" / base))
         tune = _digest(base, effective_finetune(config), config.seed)
         stages.append(Stage("finetune", tune, root / "finetune" / tune))
-        made = _digest(tune, config.sample.model_dump(mode="json"), config.seed)
+        # exclude_none: settings added later with a None default keep earlier keys valid.
+        sampling = config.sample.model_dump(mode="json", exclude_none=True)
+        made = _digest(tune, sampling, config.seed)
         stages.append(Stage("sample", made, root / "surrogate" / made))
     else:
         # `full` takes the whole training split whatever the IPC: one selection serves all.

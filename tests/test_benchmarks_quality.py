@@ -170,3 +170,28 @@ def test_best_params_reads_the_best_trial_and_is_none_for_an_unknown_study(tmp_p
     best = best_params(ROOT / "sweeps" / "smoke.yaml", storage=storage)
     assert (best.study, best.number, best.values, best.params) == ("smoke-ipc2", 1, [55.0], SWEPT)
     assert best_params(ROOT / "sweeps" / "fashion_mnist.yaml", storage=storage) is None
+
+
+def test_cached_only_tabulates_earlier_cells_and_computes_nothing(quick_run):
+    # IPC 1 and 2 were computed by the quick run; IPC 3 never was.
+    out = quick_run["work"] / "cached"
+    evaluations = quick_run["work"] / "cache" / "eval"
+    computed = set(evaluations.glob("*/done.json"))
+    done = run_script(
+        quick_run["work"],
+        quick_run["env"],
+        *("--cached-only", "--ipc", "1", "2", "3", "--methods", "random", "minimax"),
+        *("--best-weights", "0.03", "0.05", "--out", str(out)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = {
+        (c["column"], c["ipc"]): c for c in json.loads((out / "results.json").read_text())["cells"]
+    }
+    before = {(c["column"], c["ipc"]): c for c in quick_run["results"]["cells"]}
+    for column in ("random", "minimax"):
+        for ipc in (1, 2):
+            assert cells[(column, ipc)]["status"] == "done"
+            assert cells[(column, ipc)]["last_acc_mean"] == before[(column, ipc)]["last_acc_mean"]
+        assert cells[(column, 3)]["status"] == "not run"
+    assert "not run: random at IPC 3, minimax at IPC 3" in done.stdout
+    assert set(evaluations.glob("*/done.json")) == computed  # nothing new was evaluated

@@ -22,17 +22,21 @@ RATIOS = {
     "criteria_loop_over_ring_buffer_d4096",
     "finetune_encoding_over_cached",
     "sampling_batched_over_one_at_a_time",
+    "sweep_fresh_processes_over_shared_core",
 }
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def quick_run(tmp_path_factory: pytest.TempPathFactory, tiny_fmnist: Path) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("speed") / "speed.json"
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out)]
+    # Benchmark 5 runs real sweep trials: on the tiny stand-in, with a small validation split.
+    command += ["--set", f"data.root={tiny_fmnist}", "--set", "data.val_per_class=5"]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out)],
+        command,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -64,6 +68,21 @@ def test_ratios_are_computed_from_the_reported_absolute_numbers(quick_run):
     assert ratios["sampling_batched_over_one_at_a_time"] == pytest.approx(
         sampling["batched"]["images_per_s"] / sampling["one_at_a_time"]["images_per_s"]
     )
+    sweep = results["sweep"]
+    assert ratios["sweep_fresh_processes_over_shared_core"] == pytest.approx(
+        sweep["fresh"]["seconds"] / sweep["shared"]["seconds"]
+    )
+    assert sweep["fresh"]["seconds"] == pytest.approx(sum(sweep["fresh"]["seconds_per_trial"]))
+
+
+def test_sweep_arms_run_the_same_trials_and_the_shared_one_loads_once(quick_run):
+    results, _ = quick_run
+    grid, sweep = results["settings"]["sweep"], results["sweep"]
+    trials = len(grid["ipc"]) * len(grid["lambda_r"]) * len(grid["guidance"])
+    assert sweep["shared"]["trials"] == sweep["fresh"]["trials"] == trials
+    assert (sweep["shared"]["data_loads"], sweep["shared"]["base_loads"]) == (1, 1)
+    # One fine-tuning per lambda_r value; every other trial reuses one (IPC, guidance differ).
+    assert sweep["shared"]["finetunes_reused"] == trials - len(grid["lambda_r"])
 
 
 def test_benchmark_runs_the_experiment_sizes_and_the_default_sample_batch(quick_run):
@@ -93,5 +112,6 @@ def test_printed_table_names_the_hardware_and_every_ratio(quick_run):
         "criteria time, loop / ring buffer, D = 4096",
         "fine-tune step time, encoding / cached",
         "sampling images/s, batched / one at a time",
+        "sweep wall time, fresh processes / shared",
     ):
         assert label in stdout

@@ -11,6 +11,8 @@ from mdd.cli import run_main
 from mdd.config import Config, load_config
 from mdd.errors import ConfigError
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
 
 def write(tmp_path: Path, data: dict) -> Path:
     path = tmp_path / "exp.yaml"
@@ -126,3 +128,23 @@ def test_imagewoof_experiments_say_which_variable_is_missing(monkeypatch) -> Non
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match=r"MDD_IMAGENET_TRAIN.*not set"):
         load_config("experiments/imagewoof/minimax_ipc10.yaml")
+
+
+def test_shipped_base_path_resolves_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # experiments/fashion_mnist.yaml names mdd/assets/fashion_mnist_base; a run started
+    # elsewhere (a sweep benchmark's temp folder, a user's own project) must still find it.
+    experiment = EXPERIMENTS / "fashion_mnist.yaml"
+    monkeypatch.chdir(tmp_path)
+    checkpoint = load_config(experiment).pretrain.checkpoint
+    assert checkpoint is not None and checkpoint.is_absolute()
+    assert (checkpoint / "base.json").is_file()
+
+
+def test_other_relative_checkpoints_stay_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\npretrain:\n  checkpoint: bases/mine\n")
+    assert load_config(path).pretrain.checkpoint == Path("bases/mine")

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mdd.cli import run_main
 from mdd.config import Config
 from mdd.data.surrogate import read_surrogate
-from mdd.pipeline import plan
+from mdd.pipeline import base_key, plan
 from mdd.stages import finetune as finetune_stage
 
 
@@ -92,6 +92,26 @@ def test_changing_ipc_reuses_finetuning_and_lambda_invalidates_it(tiny_config: C
     keys_network = {stage.name: stage.key for stage in plan(other_network, fingerprint)}
     assert keys_network["sample"] == keys["sample"]
     assert keys_network["evaluate"] != keys["evaluate"]
+
+
+def test_shipped_base_is_read_once_per_process_until_a_file_changes(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "base"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "base.json").write_text("{}")
+    weights = folder / "transformer" / "weights.safetensors"
+    weights.write_bytes(b"first")
+    shipped = tiny_config.model_copy(deep=True)
+    shipped.pretrain.checkpoint = folder
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    first = base_key(shipped, "fp")
+    assert base_key(shipped, "fp") == first
+    assert len(reads) == 2  # base.json and the weights, hashed once for both keys
+    weights.write_bytes(b"other weights")  # new content: new size, new mtime
+    assert base_key(shipped, "fp") != first
 
 
 def test_dit_baseline_is_minimax_with_zero_weights(tiny_config: Config) -> None:

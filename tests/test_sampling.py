@@ -7,7 +7,13 @@ import pytest
 import torch
 from diffusers import DiTTransformer2DModel
 
-from mdd.diffusion.sampling import item_generator, make_labels, make_scheduler, sample_latents
+from mdd.diffusion.sampling import (
+    classifier_free_guidance,
+    item_generator,
+    make_labels,
+    make_scheduler,
+    sample_latents,
+)
 from mdd.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -253,3 +259,21 @@ def test_mismatched_latent_channels_or_labels_raise_config_error(learned_dit) ->
         _sample(learned_dit, latent_shape=(3, 4, 4))
     with pytest.raises(ConfigError, match="num_embeds_ada_norm"):
         _sample(learned_dit, labels=torch.tensor([0, NUM_CLASSES]))
+
+
+def test_guidance_of_all_or_the_first_channels_matches_hand_computed_values() -> None:
+    # Batch [cond; uncond] of one item, 2 eps channels + 2 variance channels, 1x1 latents.
+    cond = torch.tensor([1.0, 2.0, 10.0, 20.0]).view(1, 4, 1, 1)
+    uncond = torch.tensor([0.5, 1.0, -10.0, -20.0]).view(1, 4, 1, 1)
+    output = torch.cat([cond, uncond])
+    every = classifier_free_guidance(output, channels=2, scale=3.0)
+    # eps_u + 3 (eps_c - eps_u): 0.5 + 3 * 0.5 = 2.0 and 1 + 3 * 1 = 4.0; variance from cond.
+    assert every.flatten().tolist() == [2.0, 4.0, 10.0, 20.0]
+    first = classifier_free_guidance(output, channels=2, scale=3.0, guided_channels=1)
+    assert first.flatten().tolist() == [2.0, 2.0, 10.0, 20.0]  # channel 2 stays conditional
+
+
+def test_guided_channels_reach_the_sampler(learned_dit) -> None:
+    every = _sample(learned_dit, guidance_scale=3.0)
+    first = _sample(learned_dit, guidance_scale=3.0, guided_channels=1)
+    assert not torch.allclose(every, first)

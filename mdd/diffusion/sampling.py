@@ -94,12 +94,15 @@ def sample_latents(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    guided_channels: int | None = None,
 ) -> torch.Tensor:
     """Sample one latent per label; returns float32 ``[N, C, H, W]`` on the CPU.
 
     ``guidance_scale`` 1 runs the conditional model only; above 1 each batch is doubled with
     the null class (``model.config.num_embeds_ada_norm``) and the eps channels are guided as
-    ``eps_u + s * (eps_c - eps_u)`` (METHOD.md section 3). The model is run in eval mode under
+    ``eps_u + s * (eps_c - eps_u)`` (METHOD.md section 3): all of them, or the first
+    ``guided_channels`` as the original DiT code does (see ``classifier_free_guidance``). The
+    model is run in eval mode under
     ``torch.inference_mode``, with autocast to ``autocast_dtype`` when one is given; its
     training flag is restored afterwards.
     """
@@ -141,6 +144,7 @@ def sample_latents(
                     [item_generator(seed, index) for index in range(start, stop)],
                     latent_shape,
                     guidance_scale=guidance_scale,
+                    guided_channels=guided_channels,
                     null_class=num_classes,
                     device=device,
                     autocast_dtype=autocast_dtype,
@@ -148,6 +152,24 @@ def sample_latents(
     finally:
         model.train(was_training)
     return latents
+
+
+def classifier_free_guidance(
+    output: torch.Tensor, channels: int, scale: float, guided_channels: int | None = None
+) -> torch.Tensor:
+    """Guided model output from a batch stacked as [conditional; unconditional].
+
+    ``output`` holds ``channels`` eps channels, then the learned variance if any. The first
+    ``guided_channels`` eps channels (all when None) become ``eps_u + scale * (eps_c - eps_u)``;
+    the other eps channels and the variance are the conditional half's. DiT's
+    ``forward_with_cfg`` (which the paper's code samples with) guides the first 3 of the 4
+    latent channels "for exact reproducibility"; ``guided_channels: 3`` reproduces it.
+    """
+    cond, uncond = output.chunk(2)
+    guided = channels if guided_channels is None else min(guided_channels, channels)
+    eps_cond, eps_uncond = cond[:, :guided], uncond[:, :guided]
+    eps = eps_uncond + scale * (eps_cond - eps_uncond)
+    return torch.cat([eps, cond[:, guided:]], dim=1)
 
 
 def _sample_batch(
@@ -158,6 +180,7 @@ def _sample_batch(
     latent_shape: tuple[int, int, int],
     *,
     guidance_scale: float,
+    guided_channels: int | None,
     null_class: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
@@ -176,12 +199,7 @@ def _sample_batch(
         # The scheduler's arithmetic (1 / sqrt(abar_t) near t = 999) stays in float32.
         output = output.float()
         if guided:
-            # As in DiT's forward_with_cfg, but guiding all C eps channels (DiT guides only the
-            # first 3 "for exact reproducibility"); the variance comes from the conditional half.
-            cond, uncond = output.chunk(2)
-            eps_cond, eps_uncond = cond[:, :channels], uncond[:, :channels]
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            output = torch.cat([eps, cond[:, channels:]], dim=1)
+            output = classifier_free_guidance(output, channels, guidance_scale, guided_channels)
         if isinstance(noise_scheduler, DDIMScheduler):
             output = output[:, :channels]
         x = noise_scheduler.step(output, timestep, x, generator=generators).prev_sample

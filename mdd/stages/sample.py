@@ -33,6 +33,7 @@ def generate_images(
         label_map[labels],
         base.latent_shape,
         guidance_scale=cfg.guidance_scale,
+        guided_channels=cfg.guided_channels,
         steps=cfg.steps,
         scheduler=cfg.scheduler,
         seed=seed,
