@@ -28,8 +28,8 @@ from typing import Any
 import optuna
 import yaml
 
-from mdd.config import TrackingConfig
-from mdd.sweep.config import load_sweep, trial_config
+from mdd.config import TrackingConfig, parse_override
+from mdd.sweep.config import SweepConfig, load_sweep, trial_config
 from mdd.sweep.worker import study_name
 from mdd.tracking import finished_runs
 
@@ -76,8 +76,8 @@ QUICK = SweepSizes(
 
 
 def _fixed(overrides: tuple[str, ...]) -> dict[str, Any]:
-    pairs = (override.split("=", 1) for override in overrides)
-    return {key: yaml.safe_load(value) for key, value in pairs}
+    parsed = (parse_override(override) for override in overrides)
+    return {".".join(path): value for path, value in parsed}
 
 
 def write_sweep(sizes: SweepSizes, extra: list[str], work: Path) -> Path:
@@ -120,9 +120,10 @@ def _timed(command: list[str], log: Path) -> float:
     return seconds
 
 
-def run_shared(sizes: SweepSizes, sweep_path: Path, work: Path) -> dict[str, Any]:
+def run_shared(
+    sizes: SweepSizes, sweep: SweepConfig, sweep_path: Path, work: Path
+) -> dict[str, Any]:
     """Enqueue the grid's trials, then run them all in one ``mdd sweep`` worker process."""
-    sweep, _ = load_sweep(sweep_path)
     by_ipc: dict[int, list[dict[str, float]]] = {}
     for ipc, params in sizes.trials:
         by_ipc.setdefault(ipc, []).append(params)
@@ -153,9 +154,10 @@ def run_shared(sizes: SweepSizes, sweep_path: Path, work: Path) -> dict[str, Any
     }
 
 
-def run_fresh(sizes: SweepSizes, sweep_path: Path, work: Path) -> dict[str, Any]:
+def run_fresh(
+    sizes: SweepSizes, sweep: SweepConfig, base: dict[str, Any], work: Path
+) -> dict[str, Any]:
     """Each trial's exact configuration in its own ``mdd run`` process, with an empty cache."""
-    sweep, base = load_sweep(sweep_path)
     tracking = TrackingConfig(
         uri=f"sqlite:///{work / 'mlflow.db'}",
         experiment="speed_fresh",
@@ -183,8 +185,9 @@ def run_fresh(sizes: SweepSizes, sweep_path: Path, work: Path) -> dict[str, Any]
 def bench_sweep(sizes: SweepSizes, extra: list[str], work: Path) -> dict[str, Any]:
     """Both arms on the same trials; ``extra`` overrides every trial (e.g. ``data.root=...``)."""
     sweep_path = write_sweep(sizes, extra, work)
-    shared = run_shared(sizes, sweep_path, work)
-    fresh = run_fresh(sizes, sweep_path, work)
+    sweep, base = load_sweep(sweep_path)
+    shared = run_shared(sizes, sweep, sweep_path, work)
+    fresh = run_fresh(sizes, sweep, base, work)
     saved = fresh["seconds"] - shared["seconds"]
     by_reuse = shared["finetunes_reused"] * fresh["finetune_s_mean"]
     return {

@@ -172,7 +172,8 @@ class Config(Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], the value parsed as YAML)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set sample.ipc=50")
     dotted, raw = text.split("=", 1)
@@ -183,7 +184,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set ``section.key=value`` overrides on raw config data, before validation."""
     for text in overrides:
-        path, value = _parse_override(text)
+        path, value = parse_override(text)
         node = data
         for key in path[:-1]:
             child = node.setdefault(key, {})

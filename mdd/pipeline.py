@@ -49,9 +49,10 @@ _IDENTITIES: dict[tuple[Any, ...], str] = {}
 def _file_identity(path: Path) -> str:
     """Content hash of a (small) checkpoint folder's weight files, for cache keys."""
     files = sorted(file for file in path.rglob("*") if file.is_file())
+    stats = [file.stat() for file in files]
     stamps = tuple(
-        (file.relative_to(path).as_posix(), file.stat().st_size, file.stat().st_mtime_ns)
-        for file in files
+        (file.relative_to(path).as_posix(), stat.st_size, stat.st_mtime_ns)
+        for file, stat in zip(files, stats, strict=True)
     )
     known = (str(path.resolve()), stamps)
     if known not in _IDENTITIES:
