@@ -135,6 +135,9 @@ class EvalConfig(Section):
     epochs: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
+    # Test evaluations spread over training, the last at the end; 1 tests only the last
+    # epoch, as the DC code does (then the "best" accuracy is the last one).
+    evaluations: int | None = Field(None, ge=1)
 
 
 class TrackingConfig(Section):

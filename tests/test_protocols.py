@@ -1,12 +1,16 @@
 """Protocol presets (epochs by IPC, learning-rate milestones, overrides) and training under them."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from mdd.config import load_config
 from mdd.errors import ConfigError, DataError
 from mdd.eval.protocols import lr_milestones, resolve_protocol
 from mdd.eval.train import evaluate_repeats, train_and_evaluate
+from mdd.stages.evaluate import protocol_for
 
 
 def test_dc_protocol_is_the_dc_dsa_fashion_mnist_setting() -> None:
@@ -128,6 +132,20 @@ def test_training_is_reproducible_from_the_seed() -> None:
     assert a.history != c.history
 
 
+def test_one_evaluation_tests_only_after_the_last_epoch_and_changes_no_number() -> None:
+    sets = _tiny_sets()
+    often = resolve_protocol("dc", ipc=5, overrides={"epochs": 4, "batch_size": 8})
+    once = resolve_protocol("dc", ipc=5, overrides={"epochs": 4, "batch_size": 8, "evaluations": 1})
+    assert (often.eval_every, once.eval_every) == (1, 4)
+    kwargs = dict(num_classes=4, seed=2, device="cpu")
+    a = train_and_evaluate("convnet3", *sets, protocol=often, **kwargs)
+    b = train_and_evaluate("convnet3", *sets, protocol=once, **kwargs)
+    assert [epoch for epoch, _, _ in a.history] == [1, 2, 3, 4]
+    assert b.history == [a.history[-1]]  # testing in between draws no randomness
+    assert (b.last_acc, b.best_acc, b.best_epoch) == (a.last_acc, a.last_acc, 4)
+    assert b.confusion == a.confusion
+
+
 def test_an_exception_from_the_epoch_callback_stops_training() -> None:
     class Pruned(Exception):
         pass
@@ -230,3 +248,10 @@ def test_protocol_normalisation_must_fit_the_channels() -> None:
             seed=0,
             device="cpu",
         )
+
+
+def test_the_eval_section_sets_the_number_of_evaluations() -> None:
+    experiment = Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist.yaml"
+    config = load_config(experiment, ["eval.evaluations=1"])
+    assert protocol_for(config, ipc=10).eval_every == 1000
+    assert protocol_for(load_config(experiment), ipc=10).eval_every == 100

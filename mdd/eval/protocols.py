@@ -110,13 +110,14 @@ def _proxy(ipc: int) -> Protocol:
 
 
 PROTOCOLS: dict[str, Callable[[int], Protocol]] = {"dc": _dc, "idc": _idc, "proxy": _proxy}
-OVERRIDABLE = ("epochs", "batch_size", "lr")
+OVERRIDABLE = ("epochs", "batch_size", "lr", "evaluations")
 
 
 def resolve_protocol(name: str, ipc: int, overrides: dict[str, Any] | None = None) -> Protocol:
     """The preset ``name`` for ``ipc`` images per class, with non-None overrides applied.
 
-    ``overrides`` takes the ``eval`` section's ``epochs``, ``batch_size`` and ``lr``.
+    ``overrides`` takes the ``eval`` section's ``epochs``, ``batch_size``, ``lr`` and
+    ``evaluations``.
     """
     if name not in PROTOCOLS:
         raise ConfigError(

@@ -33,6 +33,7 @@ def protocol_for(config: Config, ipc: int) -> Protocol:
         "epochs": config.eval.epochs,
         "batch_size": config.eval.batch_size,
         "lr": config.eval.lr,
+        "evaluations": config.eval.evaluations,
     }
     return resolve_protocol(config.eval.protocol, ipc, overrides)
 
