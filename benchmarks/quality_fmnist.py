@@ -35,7 +35,7 @@ from typing import Any
 # benchmarks/speed.py, beside this script: one description of the hardware for both.
 from speed import hardware
 
-from mdd.cli import add_set_argument
+from mdd.cli import add_set_argument, stop_on_sigterm
 from mdd.config import Config, load_config
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.pipeline import Core, run_with_core
@@ -364,11 +364,19 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()  # a stopped benchmark closes its MLflow runs as KILLED
     try:
         cells, settings = run(args)
     except MddError as exc:
         print(f"quality_fmnist.py: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:
+        print(
+            f"quality_fmnist.py: interrupted ({exc or 'Ctrl-C'}); cells done so far are "
+            "in the stage cache and MLflow",
+            file=sys.stderr,
+        )
+        return 130
     title = (
         f"# Fashion-MNIST quality ({settings['mode']}), MLflow `{settings['mlflow_experiment']}`"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -34,7 +35,23 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``docker stop``, a scheduler's time limit) unwind like Ctrl-C.
+
+    The tracker then closes every open MLflow run as KILLED, with the reason as a tag,
+    instead of leaving it RUNNING forever. Sweeps keep the default: a worker that stops is
+    found by its missing heartbeat, and its trial is retried by another worker.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _guarded(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    if body is not _cmd_sweep:
+        stop_on_sigterm()
     try:
         return body(args)
     except MddError as exc:

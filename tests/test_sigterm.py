@@ -1,0 +1,51 @@
+"""A run stopped by SIGTERM (kill, docker stop) closes its MLflow runs and loses nothing done."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import tiny_config_data
+
+
+def _runs_by_name(client: MlflowClient, experiment: str) -> dict[str, str]:
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return {run.info.run_name: run.info.status for run in runs}
+
+
+def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
+    tiny_fmnist: Path, tmp_path: Path, mlflow_store: str
+) -> None:
+    data = tiny_config_data(tiny_fmnist, tmp_path, mlflow_store)
+    data["tracking"]["experiment"] = "tiny-sigterm"
+    data["eval"]["epochs"] = 1_000_000  # still evaluating when the signal comes
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(data))
+    log = (tmp_path / "run.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mdd", "run", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    client = MlflowClient(tracking_uri=mlflow_store)
+    deadline = time.monotonic() + 300
+    while _runs_by_name(client, "tiny-sigterm").get("evaluate") != "RUNNING":
+        assert process.poll() is None, (tmp_path / "run.log").read_text()
+        assert time.monotonic() < deadline, "the run never reached its evaluation"
+        time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    statuses = _runs_by_name(client, "tiny-sigterm")
+    assert statuses == {
+        "tiny": "KILLED",
+        "pretrain": "FINISHED",
+        "finetune": "FINISHED",
+        "sample": "FINISHED",
+        "evaluate": "KILLED",
+    }
+    assert "interrupted" in (tmp_path / "run.log").read_text()
