@@ -76,7 +76,7 @@ STANDARD = Mode(
     full_epochs=20,
     # The table reports the last epoch only, so each network is tested once, after its last
     # epoch, as the DC code does: the protocol's nine earlier passes over the 10,000 test
-    # images would cost as much as the training itself at IPC 1, and change no number.
+    # images would cost more than the training itself at IPC 1, and change no number.
     overrides=("eval.protocol=dc", f"eval.networks=[{NETWORK}]", "eval.evaluations=1"),
     mlflow_experiment="quality_fmnist",
 )
