@@ -28,18 +28,24 @@ def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
     data["eval"]["epochs"] = 1_000_000  # still evaluating when the signal comes
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(data))
-    log = (tmp_path / "run.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mdd", "run", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    client = MlflowClient(tracking_uri=mlflow_store)
-    deadline = time.monotonic() + 300
-    while _runs_by_name(client, "tiny-sigterm").get("evaluate") != "RUNNING":
-        assert process.poll() is None, (tmp_path / "run.log").read_text()
-        assert time.monotonic() < deadline, "the run never reached its evaluation"
-        time.sleep(1)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 130
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mdd", "run", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        client = MlflowClient(tracking_uri=mlflow_store)
+        deadline = time.monotonic() + 300
+        while _runs_by_name(client, "tiny-sigterm").get("evaluate") != "RUNNING":
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the run never reached its evaluation"
+            time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:  # a failed assertion must not leave the run going
+            process.kill()
+            process.wait()
     statuses = _runs_by_name(client, "tiny-sigterm")
     assert statuses == {
         "tiny": "KILLED",
@@ -48,4 +54,4 @@ def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
         "sample": "FINISHED",
         "evaluate": "KILLED",
     }
-    assert "interrupted" in (tmp_path / "run.log").read_text()
+    assert "interrupted" in log.read_text()
