@@ -9,13 +9,15 @@ Five comparisons on one machine, at the sizes of ``experiments/fashion_mnist.yam
 3. fine-tuning from cached latents against encoding every batch with the autoencoder;
 4. sampling images per second, the default batch size against one image at a time;
 5. a sweep's trials in one worker (shared core, fine-tune reuse) against one fresh process
-   per trial with empty caches (``benchmarks/sweep_speed.py``; needs Fashion-MNIST).
+   per trial with empty caches (``benchmarks/sweep_speed.py``; needs Fashion-MNIST);
+6. the evaluation stage as it was against mdd's (``benchmarks/eval_speed.py``): allocator,
+   test schedule, metric logging and batched repeats, per network and protocol.
 
 It prints the hardware, absolute numbers and ratios; ``--json OUT`` writes them as well.
 benchmarks/README.md says what each benchmark measures and how to run it.
 
     .venv/bin/python benchmarks/speed.py [--quick] [--device auto|cpu|cuda] [--json OUT]
-        [--skip-sweep] [--set KEY=VALUE ...]
+        [--skip-sweep] [--skip-eval] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from mdd.stages.pretrain import BaseModel
 from mdd.stages.sample import generate_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling module
+import eval_speed  # noqa: E402
 import sweep_speed  # noqa: E402
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist.yaml"
@@ -66,6 +69,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "finetune_with_over_without_criteria": ("<=", 1.10),
     "sampling_batched_over_one_at_a_time": (">=", 10.0),
     "sweep_fresh_processes_over_shared_core": (">=", 2.0),
+    **{f"eval_reference_over_mdd_{n}": (">=", c.target) for n, c in eval_speed.CASES.items()},
 }
 RATIO_LABELS = {
     "finetune_with_over_without_criteria": "1. fine-tune step time, with / without criteria",
@@ -74,6 +78,10 @@ RATIO_LABELS = {
     "finetune_encoding_over_cached": "3. fine-tune step time, encoding / cached",
     "sampling_batched_over_one_at_a_time": "4. sampling images/s, batched / one at a time",
     "sweep_fresh_processes_over_shared_core": "5. sweep wall time, fresh processes / shared",
+    **{
+        f"eval_reference_over_mdd_{name}": f"6. evaluation, reference / mdd, {name}"
+        for name in eval_speed.CASES
+    },
 }
 
 
@@ -354,12 +362,16 @@ def bench_sampling(
 
 
 def run_all(
-    device: torch.device, sizes: Sizes, mode: str, sweep_overrides: list[str] | None
+    device: torch.device,
+    sizes: Sizes,
+    mode: str,
+    sweep_overrides: list[str] | None,
+    eval_cases: list[str] | None,
 ) -> dict[str, Any]:
     """Every benchmark at the experiment's sizes; the numbers as a JSON-ready dict.
 
     ``sweep_overrides`` (e.g. ``data.root=...``) apply to every trial of benchmark 5; None
-    skips it.
+    skips it. ``eval_cases`` are benchmark 6's cases; None skips it.
     """
     cfg = load_config(EXPERIMENT)
     seed_everything(cfg.seed)
@@ -382,6 +394,10 @@ def run_all(
         with tempfile.TemporaryDirectory(prefix="mdd-speed-sweep-") as tmp:
             sweep_results = sweep_speed.bench_sweep(sizes.sweep, sweep_overrides, Path(tmp))
 
+    eval_results = None
+    if eval_cases is not None:
+        eval_results = eval_speed.bench_eval(eval_cases, quick=mode == "quick")
+
     ft = {name: arm["ms_per_step"] for name, arm in finetune_results.items()}
     ratios = {
         "finetune_with_over_without_criteria": ft["with_criteria"] / ft["without_criteria"],
@@ -400,6 +416,8 @@ def run_all(
     }
     if sweep_results is not None:
         ratios["sweep_fresh_processes_over_shared_core"] = sweep_results["ratio"]
+    for name, result in (eval_results or {}).items():
+        ratios[f"eval_reference_over_mdd_{name}"] = result["ratio_projected"]
     settings = {
         "mode": mode,
         "experiment": str(EXPERIMENT.relative_to(EXPERIMENT.parents[1])),
@@ -425,6 +443,7 @@ def run_all(
         "criteria": criteria_results,
         "sampling": sampling_results,
         "sweep": sweep_results,
+        "evaluation": eval_results,
         "ratios": ratios,
     }
 
@@ -506,6 +525,8 @@ def report(results: dict[str, Any]) -> str:
         )
     if results["sweep"] is not None:
         lines += ["", *sweep_speed.report_lines(results["sweep"], st["sweep"])]
+    if results["evaluation"] is not None:
+        lines += ["", *eval_speed.report_lines(results["evaluation"])]
     lines += ["", f"   {'ratio':<48} {'value':>8}   target"]
     for name, value in results["ratios"].items():
         lines.append(f"   {RATIO_LABELS[name]:<48} {value:8.3f}   {_target(name, value)}".rstrip())
@@ -523,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-sweep", action="store_true", help="leave out benchmark 5 (it needs Fashion-MNIST)"
     )
+    parser.add_argument(
+        "--skip-eval", action="store_true", help="leave out benchmark 6 (the evaluation stage)"
+    )
     add_set_argument(parser)  # benchmark 5's trials, e.g. --set data.root=/path/to/fmnist
     args = parser.parse_args(argv)
     try:
@@ -534,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     sweep_overrides = None if args.skip_sweep else [f"device={args.device}", *args.overrides]
     sizes, mode = (QUICK, "quick") if args.quick else (FULL, "full")
-    results = run_all(device, sizes, mode, sweep_overrides)
+    # CI's quick run keeps one case of benchmark 6: the 224 px one takes minutes even short.
+    eval_cases = ["dc-ipc10"] if args.quick else list(eval_speed.CASES)
+    results = run_all(device, sizes, mode, sweep_overrides, None if args.skip_eval else eval_cases)
     print(report(results), flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,9 @@ class EvalConfig(Section):
     # Test evaluations spread over training, the last at the end; 1 tests only the last
     # epoch, as the DC code does (then the "best" accuracy is the last one).
     evaluations: int | None = Field(None, ge=1)
+    # Train the repeats of a network as one batched computation (same results as one at a
+    # time, to float tolerance). auto: on CUDA only; on a CPU it measured slower.
+    batch_repeats: Literal["auto"] | bool = "auto"
 
 
 class TrackingConfig(Section):

@@ -234,7 +234,7 @@ class RunState:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log_metrics(metrics, step)
+        self.run.log_series(metrics, step)
 
     @property
     def label_map(self) -> torch.Tensor:
@@ -493,7 +493,7 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
 
 
 def _stage_logger(handle: RunHandle) -> Callable[[dict[str, float], int], None]:
-    return handle.log_metrics
+    return handle.log_series
 
 
 def measure_consistency(config: Config, per_class: int = 100) -> float:

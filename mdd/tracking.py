@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ from mdd.errors import MddError, Pruned
 DEFAULT_STORE = "runs/mlflow.db"
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value
 _BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+# Series (per step, per epoch) are held in memory and written at most this often, and
+# when the run ends: a training step never waits on the store.
+SERIES_FLUSH_S = 15.0
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@")
 
 
@@ -105,6 +108,11 @@ def provenance_tags(config: Config, data_fingerprint: str | None, device: str) -
     return tags
 
 
+def _metrics(metrics: Mapping[str, float], step: int | None) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+
+
 def _client(uri: str) -> MlflowClient:
     # MLflow retries an unreachable server with backoff for minutes by default;
     # a worker should fail fast with a message instead (unless the user set these).
@@ -120,6 +128,8 @@ class RunHandle:
 
     tracker: Tracker
     run_id: str
+    _series: list[Metric] = field(default_factory=list, repr=False)
+    _flushed_at: float = field(default_factory=time.monotonic, repr=False)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [
@@ -130,8 +140,24 @@ class RunHandle:
             self.tracker.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        """Write now: summaries and results."""
+        self._write(_metrics(metrics, step))
+
+    def log_series(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer one point of per-step or per-epoch series; written every
+        ``SERIES_FLUSH_S`` seconds and by ``flush``, which ``Tracker.run`` calls however the
+        run ends."""
+        self._series += _metrics(metrics, step)
+        if time.monotonic() - self._flushed_at >= SERIES_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered series points."""
+        pending, self._series = self._series, []
+        self._flushed_at = time.monotonic()
+        self._write(pending)
+
+    def _write(self, items: list[Metric]) -> None:
         for start in range(0, len(items), _BATCH_LIMIT):
             self.tracker.client.log_batch(self.run_id, metrics=items[start : start + _BATCH_LIMIT])
 
@@ -199,9 +225,13 @@ class Tracker:
         except BaseException as exc:
             stopped = isinstance(exc, (KeyboardInterrupt, Pruned))
             status = "KILLED" if stopped else "FAILED"
-            handle.set_tags({"mdd.error": f"{type(exc).__name__}: {exc}"[:5000]})
-            self.client.set_terminated(handle.run_id, status=status)
+            try:
+                handle.flush()  # the series up to the failure are part of the record
+            finally:
+                handle.set_tags({"mdd.error": f"{type(exc).__name__}: {exc}"[:5000]})
+                self.client.set_terminated(handle.run_id, status=status)
             raise
+        handle.flush()
         self.client.set_terminated(handle.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
 
     def start(

@@ -23,6 +23,7 @@ RATIOS = {
     "finetune_encoding_over_cached",
     "sampling_batched_over_one_at_a_time",
     "sweep_fresh_processes_over_shared_core",
+    "eval_reference_over_mdd_dc-ipc10",
 }
 
 
@@ -73,6 +74,22 @@ def test_ratios_are_computed_from_the_reported_absolute_numbers(quick_run):
         sweep["fresh"]["seconds"] / sweep["shared"]["seconds"]
     )
     assert sweep["fresh"]["seconds"] == pytest.approx(sum(sweep["fresh"]["seconds_per_trial"]))
+    evaluation = results["evaluation"]["dc-ipc10"]
+    assert ratios["eval_reference_over_mdd_dc-ipc10"] == pytest.approx(
+        evaluation["arms"]["reference"]["projected_full_s"]
+        / evaluation["arms"]["mdd"]["projected_full_s"]
+    )
+
+
+def test_evaluation_arms_differ_in_allocator_and_test_schedule_only(quick_run):
+    results, _ = quick_run
+    arms = results["evaluation"]["dc-ipc10"]["arms"]
+    assert (arms["reference"]["allocator"], arms["mdd"]["allocator"]) == ("system", "mdd")
+    # The DC protocol tested 10 times in 1000 epochs before; now once, after the last.
+    assert (arms["reference"]["full_tests"], arms["mdd"]["full_tests"]) == (10, 1)
+    assert arms["reference"]["epochs"] == arms["mdd"]["epochs"]
+    assert arms["reference"]["full_epochs"] == arms["mdd"]["full_epochs"] == 1000
+    assert not arms["reference"]["batched"] and not arms["mdd"]["batched"]  # a CPU: apart
 
 
 def test_sweep_arms_run_the_same_trials_and_the_shared_one_loads_once(quick_run):
@@ -113,5 +130,6 @@ def test_printed_table_names_the_hardware_and_every_ratio(quick_run):
         "fine-tune step time, encoding / cached",
         "sampling images/s, batched / one at a time",
         "sweep wall time, fresh processes / shared",
+        "evaluation, reference / mdd, dc-ipc10",
     ):
         assert label in stdout

@@ -24,6 +24,7 @@ def test_dc_protocol_is_the_dc_dsa_fashion_mnist_setting() -> None:
     )
     assert (p.mean, p.std, p.augmentation, p.lr_decay) == ((0.2861,), (0.3530,), "dsa", 0.1)
     assert lr_milestones(p) == [500]
+    assert (p.evaluations, p.eval_every) == (1, 1000)  # tested after the last epoch, as DC
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ def test_overrides_replace_only_the_values_given() -> None:
     p = resolve_protocol("dc", ipc=10, overrides={"epochs": 300, "batch_size": None, "lr": 0.05})
     assert (p.epochs, p.batch_size, p.lr) == (300, 256, 0.05)
     assert lr_milestones(p) == [150]
-    assert p.eval_every == 30
+    assert p.eval_every == 300  # dc tests once, after the last epoch
 
 
 def test_milestones_scale_with_overridden_epochs() -> None:
@@ -87,7 +88,8 @@ def _tiny_sets(n_train: int = 20, n_test: int = 30, classes: int = 4, channels: 
 
 
 def _tiny_protocol(epochs: int = 2):
-    return resolve_protocol("dc", ipc=5, overrides={"epochs": epochs, "batch_size": 8})
+    overrides = {"epochs": epochs, "batch_size": 8, "evaluations": epochs}
+    return resolve_protocol("dc", ipc=5, overrides=overrides)
 
 
 def test_train_and_evaluate_returns_a_consistent_result() -> None:
@@ -111,7 +113,7 @@ def test_train_and_evaluate_returns_a_consistent_result() -> None:
     per_class = 100.0 * np.diag(confusion) / confusion.sum(axis=1)
     np.testing.assert_allclose(result.per_class_acc, per_class)
     assert result.last_acc == pytest.approx(100.0 * np.trace(confusion) / 30)
-    assert [epoch for epoch, _, _ in result.history] == [1, 2]  # eval_every = 2 // 10 -> 1
+    assert [epoch for epoch, _, _ in result.history] == [1, 2]  # evaluated every epoch
     assert result.last_acc == result.history[-1][2]
     assert result.best_acc == max(acc for _, _, acc in result.history)
     assert result.best_acc == dict((e, a) for e, _, a in result.history)[result.best_epoch]
@@ -134,7 +136,9 @@ def test_training_is_reproducible_from_the_seed() -> None:
 
 def test_one_evaluation_tests_only_after_the_last_epoch_and_changes_no_number() -> None:
     sets = _tiny_sets()
-    often = resolve_protocol("dc", ipc=5, overrides={"epochs": 4, "batch_size": 8})
+    often = resolve_protocol(
+        "dc", ipc=5, overrides={"epochs": 4, "batch_size": 8, "evaluations": 4}
+    )
     once = resolve_protocol("dc", ipc=5, overrides={"epochs": 4, "batch_size": 8, "evaluations": 1})
     assert (often.eval_every, once.eval_every) == (1, 4)
     kwargs = dict(num_classes=4, seed=2, device="cpu")
@@ -252,6 +256,6 @@ def test_protocol_normalisation_must_fit_the_channels() -> None:
 
 def test_the_eval_section_sets_the_number_of_evaluations() -> None:
     experiment = Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist.yaml"
-    config = load_config(experiment, ["eval.evaluations=1"])
-    assert protocol_for(config, ipc=10).eval_every == 1000
-    assert protocol_for(load_config(experiment), ipc=10).eval_every == 100
+    config = load_config(experiment, ["eval.evaluations=10"])
+    assert protocol_for(config, ipc=10).eval_every == 100
+    assert protocol_for(load_config(experiment), ipc=10).eval_every == 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,35 @@ def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_flatten_joins_nested_keys() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+@pytest.mark.parametrize("ending", ["finished", "failed", "interrupted"])
+def test_series_are_buffered_and_every_point_is_written_however_the_run_ends(
+    store: TrackingConfig, ending: str
+) -> None:
+    tracker = Tracker(store)
+    writes = []
+    log_batch = tracker.client.log_batch
+
+    def counting_log_batch(run_id, metrics=(), **kwargs):
+        if metrics:
+            writes.append(len(metrics))
+        return log_batch(run_id, metrics=metrics, **kwargs)
+
+    tracker.client.log_batch = counting_log_batch
+    error = {"failed": RuntimeError("boom"), "interrupted": KeyboardInterrupt()}.get(ending)
+    run_id = None
+    with pytest.raises(type(error)) if error else nullcontext():
+        with tracker.run("epochs") as run:
+            run_id = run.run_id
+            for epoch in range(1, 501):
+                run.log_series({"train_loss": 1.0 / epoch, "lr": 0.01}, epoch)
+            assert sum(writes) < 1000  # held back, not one write per epoch
+            if error:
+                raise error
+    client = MlflowClient(tracking_uri(store))
+    history = client.get_metric_history(run_id, "train_loss")
+    assert sorted(point.step for point in history) == list(range(1, 501))
+    assert len(writes) <= 2  # flushed in batches: at most one timed flush and the final one
+    status = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}[ending]
+    assert client.get_run(run_id).info.status == status

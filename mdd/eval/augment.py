@@ -13,13 +13,17 @@ Two families:
   PCA lighting noise 0.1, all per image and applied to [0, 1] images; then CutMix
   (beta 1) on the normalised batch.
 
-All randomness comes from the CPU ``torch.Generator`` passed in, so a seed reproduces
-the augmentation exactly on any device.
+All randomness comes from CPU ``torch.Generator``s, so a seed reproduces the augmentation
+exactly on any device. A batch may be made of R equal parts, the batches of R networks
+trained together (``mdd/eval/train.py``): ``Draws`` gives each part its own generator and
+draws for it in the order a lone run with that generator would, so the R networks see the
+augmentations of R independent runs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -52,10 +56,57 @@ IMAGENET_EIGVEC = (
 )
 
 
-def _draws(x: torch.Tensor, generator: torch.Generator, per_sample: bool) -> torch.Tensor:
-    """U(0, 1) per image, or one value repeated over the batch."""
-    n = x.shape[0] if per_sample else 1
-    return torch.rand(n, generator=generator).to(x.device, x.dtype).expand(x.shape[0])
+class Draws:
+    """The random draws of a batch made of ``len(generators)`` equal parts, one per generator.
+
+    Every method returns the parts' draws concatenated along the batch dimension; part r
+    draws only from ``generators[r]``, so a part gets exactly what a batch of its own would
+    get from that generator. One generator is the ordinary, unbatched case.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
+
+    @property
+    def parts(self) -> int:
+        return len(self.generators)
+
+    def _part(self, batch: int) -> int:
+        if batch % self.parts:
+            raise ValueError(f"a batch of {batch} images is not {self.parts} equal parts")
+        return batch // self.parts
+
+    def rand(self, batch: int, *shape: int, per_sample: bool = True) -> torch.Tensor:
+        """U(0, 1) of shape [batch, *shape]: per image, or one draw shared by each part."""
+        part = self._part(batch)
+        n = part if per_sample else 1
+        return torch.cat(
+            [torch.rand(n, *shape, generator=g).expand(part, *shape) for g in self.generators]
+        )
+
+    def randn(self, batch: int, *shape: int) -> torch.Tensor:
+        """N(0, 1) of shape [batch, *shape], per image."""
+        part = self._part(batch)
+        return torch.cat([torch.randn(part, *shape, generator=g) for g in self.generators])
+
+    def randint(self, high: int) -> list[int]:
+        """One integer in [0, high) per part."""
+        return [int(torch.randint(high, (1,), generator=g)) for g in self.generators]
+
+    def subset(self, parts: Sequence[int]) -> Draws:
+        return Draws([self.generators[r] for r in parts])
+
+
+RandomSource = torch.Generator | Draws
+
+
+def as_draws(source: RandomSource) -> Draws:
+    return source if isinstance(source, Draws) else Draws([source])
+
+
+def _draws(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
+    """U(0, 1) per image, or one value repeated over each part of the batch."""
+    return g.rand(x.shape[0], per_sample=per_sample).to(x.device, x.dtype)
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
@@ -63,7 +114,7 @@ def _affine(x: torch.Tensor, theta: torch.Tensor, padding_mode: str = "zeros") -
     return F.grid_sample(x, grid, padding_mode=padding_mode, align_corners=False)
 
 
-def _dsa_scale(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Tensor:
+def _dsa_scale(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
     ratio = DSA_SCALE_RATIO
     sx = _draws(x, g, per_sample) * (ratio - 1.0 / ratio) + 1.0 / ratio
     sy = _draws(x, g, per_sample) * (ratio - 1.0 / ratio) + 1.0 / ratio
@@ -72,7 +123,7 @@ def _dsa_scale(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.T
     return _affine(x, theta)
 
 
-def _dsa_rotate(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Tensor:
+def _dsa_rotate(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
     angle = (_draws(x, g, per_sample) - 0.5) * 2 * DSA_ROTATE_DEG / 180 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.zeros(x.shape[0], 2, 3, device=x.device, dtype=x.dtype)
@@ -81,12 +132,12 @@ def _dsa_rotate(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.
     return _affine(x, theta)
 
 
-def _dsa_flip(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Tensor:
+def _dsa_flip(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
     flip = _draws(x, g, per_sample) < DSA_FLIP_PROB
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def _dsa_color(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Tensor:
+def _dsa_color(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
     # DSA's 'color' is brightness, then saturation, then contrast, each with its own draw.
     x = x + (_draws(x, g, per_sample)[:, None, None, None] - 0.5) * DSA_BRIGHTNESS
     mean = x.mean(dim=1, keepdim=True)
@@ -95,14 +146,12 @@ def _dsa_color(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.T
     return (x - mean) * (_draws(x, g, per_sample)[:, None, None, None] + DSA_CONTRAST) + mean
 
 
-def _randint(
-    x: torch.Tensor, g: torch.Generator, per_sample: bool, low: int, high: int
-) -> torch.Tensor:
+def _randint(x: torch.Tensor, g: Draws, per_sample: bool, low: int, high: int) -> torch.Tensor:
     """Integers in [low, high), per image or shared."""
     return low + (_draws(x, g, per_sample) * (high - low)).long().clamp_(max=high - low - 1)
 
 
-def _dsa_crop(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Tensor:
+def _dsa_crop(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
     # A translation by up to 1/8 of the side with zero fill (DSA pads by one zero pixel and
     # clamps the shifted indices into that border).
     b, _, h, w = x.shape
@@ -117,7 +166,7 @@ def _dsa_crop(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Te
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _dsa_cutout(x: torch.Tensor, g: torch.Generator, per_sample: bool) -> torch.Tensor:
+def _dsa_cutout(x: torch.Tensor, g: Draws, per_sample: bool) -> torch.Tensor:
     _, _, h, w = x.shape
     size_h, size_w = int(h * DSA_CUTOUT_RATIO + 0.5), int(w * DSA_CUTOUT_RATIO + 0.5)
     top = _randint(x, g, per_sample, 0, h + (1 - size_h % 2)) - size_h // 2
@@ -154,27 +203,39 @@ def parse_dsa_strategy(strategy: str) -> list[str]:
 
 def dsa_augment(
     x: torch.Tensor,
-    generator: torch.Generator,
+    source: RandomSource,
     strategy: str = DSA_STRATEGY,
     per_sample: bool = False,
 ) -> torch.Tensor:
-    """One DSA transform of ``strategy``, picked at random, applied to the batch ``x``."""
+    """One DSA transform of ``strategy``, picked at random per part, applied to ``x``."""
     names = parse_dsa_strategy(strategy)
-    pick = int(torch.randint(len(names), (1,), generator=generator))
-    return DSA_TRANSFORMS[names[pick]](x, generator, per_sample).contiguous()
+    draws = as_draws(source)
+    picks = draws.randint(len(names))
+    if len(set(picks)) == 1:
+        return DSA_TRANSFORMS[names[picks[0]]](x, draws, per_sample).contiguous()
+    # Parts that picked different transforms: one call per transform over its parts.
+    parts = x.view(draws.parts, -1, *x.shape[1:])
+    out = torch.empty_like(parts)
+    for pick in sorted(set(picks)):
+        chosen = [r for r, p in enumerate(picks) if p == pick]
+        rows = parts[chosen].flatten(0, 1)
+        done = DSA_TRANSFORMS[names[pick]](rows, draws.subset(chosen), per_sample)
+        out[chosen] = done.view(len(chosen), -1, *x.shape[1:])
+    return out.view_as(x)
 
 
-def _random_resized_crop(x: torch.Tensor, g: torch.Generator, attempts: int = 10) -> torch.Tensor:
+def _random_resized_crop(x: torch.Tensor, source: RandomSource, attempts: int = 10) -> torch.Tensor:
     """torchvision's RandomResizedCrop(size, scale=(0.5, 1)) per image, as one grid_sample.
 
     As torchvision, try ``attempts`` boxes per image and keep the first that fits; images
     with none fall back to the whole image. Output keeps the input size.
     """
+    g = as_draws(source)
     b, _, h, w = x.shape
-    scale = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * torch.rand(b, attempts, generator=g)
+    scale = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * g.rand(b, attempts)
     area = h * w * scale
     log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, attempts, generator=g))
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * g.rand(b, attempts))
     crop_w = torch.sqrt(area * aspect).round()
     crop_h = torch.sqrt(area / aspect).round()
     fits = (crop_w >= 1) & (crop_w <= w) & (crop_h >= 1) & (crop_h <= h)
@@ -183,8 +244,8 @@ def _random_resized_crop(x: torch.Tensor, g: torch.Generator, attempts: int = 10
     rows = torch.arange(b)
     crop_w = torch.where(any_fit, crop_w[rows, first], torch.tensor(float(w)))
     crop_h = torch.where(any_fit, crop_h[rows, first], torch.tensor(float(h)))
-    top = (torch.rand(b, generator=g) * (h - crop_h + 1)).floor().clamp(max=h - crop_h)
-    left = (torch.rand(b, generator=g) * (w - crop_w + 1)).floor().clamp(max=w - crop_w)
+    top = (g.rand(b) * (h - crop_h + 1)).floor().clamp(max=h - crop_h)
+    left = (g.rand(b) * (w - crop_w + 1)).floor().clamp(max=w - crop_w)
     # Map the output's normalised coordinates onto the crop box (align_corners=False).
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = crop_w / w
@@ -202,12 +263,12 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
     return (x * weights[:, None, None]).sum(dim=1, keepdim=True)
 
 
-def _color_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _color_jitter(x: torch.Tensor, g: Draws) -> torch.Tensor:
     """IDC's ColorJitter: brightness, contrast and saturation lerps with factors in
     [-0.4, 0.4], in a random order per image."""
     b = x.shape[0]
-    alphas = ((torch.rand(b, 3, generator=g) * 2 - 1) * JITTER).to(x.device, x.dtype)
-    order = torch.argsort(torch.rand(b, 3, generator=g), dim=1).to(x.device)
+    alphas = ((g.rand(b, 3) * 2 - 1) * JITTER).to(x.device, x.dtype)
+    order = torch.argsort(g.rand(b, 3), dim=1).to(x.device)
     for position in range(3):
         # An op whose factor is masked to 0 is the identity, so each position applies the
         # op that image drew there and leaves the other two out.
@@ -219,15 +280,15 @@ def _color_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _lighting(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _lighting(x: torch.Tensor, g: Draws) -> torch.Tensor:
     """AlexNet-style PCA lighting noise with ImageNet's RGB eigenvalues/vectors."""
-    alpha = torch.randn(x.shape[0], 3, generator=g) * LIGHTING_STD
+    alpha = g.randn(x.shape[0], 3) * LIGHTING_STD
     eigvec = torch.tensor(IMAGENET_EIGVEC)
     rgb = (eigvec[None] * (alpha * torch.tensor(IMAGENET_EIGVAL))[:, None, :]).sum(dim=2)
     return x + rgb.to(x.device, x.dtype)[:, :, None, None]
 
 
-def idc_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def idc_augment(x: torch.Tensor, source: RandomSource) -> torch.Tensor:
     """IDC's ImageNet training augmentation of [0, 1] RGB images [B, 3, H, W], per image:
     RandomResizedCrop(scale 0.5-1) to the same size, flip, colour jitter, lighting."""
     if x.shape[1] != 3:
@@ -235,32 +296,41 @@ def idc_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             f"the idc augmentation needs RGB images, got {x.shape[1]} channel(s). "
             "Hint: use eval.protocol=dc (DSA) for grayscale data."
         )
-    x = _random_resized_crop(x, generator)
-    flip = torch.rand(x.shape[0], generator=generator).to(x.device) < 0.5
+    draws = as_draws(source)
+    x = _random_resized_crop(x, draws)
+    flip = draws.rand(x.shape[0]).to(x.device) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return _lighting(_color_jitter(x, generator), generator)
+    return _lighting(_color_jitter(x, draws), draws)
 
 
 def cutmix(
-    x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, beta: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+    x: torch.Tensor, labels: torch.Tensor, source: RandomSource, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CutMix as in IDC's training loop: paste one box of a shuffled batch into the batch.
 
-    Returns the mixed images, the labels of the pasted images and the share of each image
-    that kept its own label (so the loss is ``r * CE(y) + (1 - r) * CE(y_pasted)``).
+    Each part of the batch draws its own box and shuffles only its own images. Returns the
+    mixed images, the labels of the pasted images and, per part, the share of each image
+    that kept its own label (float64 [parts]; the loss is ``r * CE(y) + (1 - r) *
+    CE(y_pasted)``).
     """
-    b, _, h, w = x.shape
-    # torch has no seeded Beta sampler; numpy's, seeded from the generator, keeps one seed.
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(beta, beta))
-    perm = torch.randperm(b, generator=generator).to(x.device)
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,), generator=generator))
-    cx = int(torch.randint(w, (1,), generator=generator))
-    top, bottom = min(max(cy - cut_h // 2, 0), h), min(max(cy + cut_h // 2, 0), h)
-    left, right = min(max(cx - cut_w // 2, 0), w), min(max(cx + cut_w // 2, 0), w)
-    mixed = x.clone()
-    mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
-    kept = 1.0 - (bottom - top) * (right - left) / (h * w)
-    return mixed, labels[perm], kept
+    draws = as_draws(source)
+    _, _, h, w = x.shape
+    b = x.shape[0] // draws.parts
+    mixed, pasted = x.clone(), labels.clone()
+    kept = torch.empty(draws.parts, dtype=torch.float64)
+    for r, g in enumerate(draws.generators):  # a few parts (repeats), never images
+        # torch has no seeded Beta sampler; numpy's, seeded from the generator, keeps one seed.
+        seed = int(torch.randint(2**62, (1,), generator=g))
+        lam = float(np.random.default_rng(seed).beta(beta, beta))
+        perm = torch.randperm(b, generator=g).to(x.device) + r * b
+        cut = math.sqrt(1.0 - lam)
+        cut_h, cut_w = int(h * cut), int(w * cut)
+        cy = int(torch.randint(h, (1,), generator=g))
+        cx = int(torch.randint(w, (1,), generator=g))
+        top, bottom = min(max(cy - cut_h // 2, 0), h), min(max(cy + cut_h // 2, 0), h)
+        left, right = min(max(cx - cut_w // 2, 0), w), min(max(cx + cut_w // 2, 0), w)
+        rows = slice(r * b, (r + 1) * b)
+        mixed[rows, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+        pasted[rows] = labels[perm]
+        kept[r] = 1.0 - (bottom - top) * (right - left) / (h * w)
+    return mixed, pasted, kept

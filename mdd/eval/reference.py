@@ -45,7 +45,7 @@ def train_judge(
         judge = create_network(JUDGE_NETWORK, num_classes, channels, size).to(device)
         judge.load_state_dict(load_file(str(cache)))
         return judge.eval()
-    judge, _ = train_network(
+    judge = train_network(
         JUDGE_NETWORK,
         train_images,
         train_labels,

@@ -7,7 +7,10 @@ reports mean and standard deviation of both the last and the best accuracy (the 
 protocol reports the last, the paper's IDC protocol the best). Accuracies are in percent.
 
 The whole training set lives on the device as uint8; a batch is indexed, normalised and
-augmented as one tensor, so nothing in the loop runs per image in Python.
+augmented as one tensor, so nothing in the loop runs per image in Python. The R repeats
+can train as one batched computation (``mdd/eval/ensemble.py``), each with its own
+initialisation, data order and augmentation draws, so the results are those of R
+independent runs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from torch import nn
 from tqdm import tqdm
 
 from mdd.errors import ConfigError, DataError
-from mdd.eval.augment import cutmix, dsa_augment, idc_augment
+from mdd.eval.augment import Draws, cutmix, dsa_augment, idc_augment
+from mdd.eval.ensemble import Ensemble
 from mdd.eval.networks import create_network
 from mdd.eval.protocols import Protocol, lr_milestones
 from mdd.runtime import seed_everything
@@ -92,7 +96,7 @@ def _check_training(
         )
 
 
-class _Normalise:
+class Normalise:
     def __init__(self, protocol: Protocol, device: torch.device) -> None:
         self.mean = torch.tensor(protocol.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(protocol.std, device=device).view(1, -1, 1, 1)
@@ -102,30 +106,41 @@ class _Normalise:
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0)
+    # The default dtype (float32 unless a caller changed it, as the float64 tests do).
+    return images.to(torch.get_default_dtype()).div_(255.0)
 
 
-def _loss(
-    net: nn.Module,
+def _part_cross_entropy(out: torch.Tensor, y: torch.Tensor, parts: int) -> torch.Tensor:
+    """Mean cross-entropy of each of ``parts`` equal parts of the batch: [parts]."""
+    if parts == 1:
+        return F.cross_entropy(out, y).reshape(1)
+    return F.cross_entropy(out, y, reduction="none").view(parts, -1).mean(dim=1)
+
+
+def batch_losses(
+    forward: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
     protocol: Protocol,
-    normalise: _Normalise,
-    generator: torch.Generator,
+    normalise: Normalise,
+    draws: Draws,
 ) -> torch.Tensor:
-    """The training loss of one batch of uint8 images under the protocol's augmentation."""
+    """The training loss of each network on its part of a batch of uint8 images: [parts]."""
+    parts = draws.parts
     if protocol.augmentation == "dsa":
         # DSA works on normalised images, as in the DC code.
         x = dsa_augment(
-            normalise(_to_unit(x)), generator, protocol.dsa_strategy, protocol.dsa_per_sample
+            normalise(_to_unit(x)), draws, protocol.dsa_strategy, protocol.dsa_per_sample
         )
-        return F.cross_entropy(net(x), y)
+        return _part_cross_entropy(forward(x), y, parts)
     if protocol.augmentation == "idc":
-        x = normalise(idc_augment(_to_unit(x), generator))
-        x, y_pasted, kept = cutmix(x, y, generator, protocol.cutmix_beta)
-        out = net(x)
-        return kept * F.cross_entropy(out, y) + (1 - kept) * F.cross_entropy(out, y_pasted)
-    return F.cross_entropy(net(normalise(_to_unit(x))), y)
+        x = normalise(idc_augment(_to_unit(x), draws))
+        x, y_pasted, kept = cutmix(x, y, draws, protocol.cutmix_beta)
+        out = forward(x)
+        kept = kept.to(out.device, out.dtype)
+        own = _part_cross_entropy(out, y, parts)
+        return kept * own + (1 - kept) * _part_cross_entropy(out, y_pasted, parts)
+    return _part_cross_entropy(forward(normalise(_to_unit(x))), y, parts)
 
 
 @torch.inference_mode()
@@ -135,7 +150,7 @@ def _in_batches(
     protocol: Protocol,
     device: torch.device,
 ) -> torch.Tensor:
-    normalise = _Normalise(protocol, device)
+    normalise = Normalise(protocol, device)
     outs = [fn(normalise(_to_unit(chunk.to(device)))).cpu() for chunk in images.split(TEST_BATCH)]
     return torch.cat(outs)
 
@@ -161,6 +176,81 @@ def _confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> t
     return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+RepeatEvaluate = Callable[[int, nn.Module], float]  # (repeat, net) -> acc %
+RepeatCallback = Callable[[int, int, dict[str, float]], None]  # (repeat, epoch, metrics)
+
+
+def train_group(
+    network: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    *,
+    protocol: Protocol,
+    num_classes: int,
+    seeds: list[int],
+    device: torch.device,
+    norm: str,
+    evaluate: RepeatEvaluate | None,
+    on_epoch: RepeatCallback | None,
+    progress: bool,
+) -> tuple[list[nn.Module], list[list[tuple[int, float, float]]]]:
+    """Train one fresh network per seed, all in one batched computation (an ``Ensemble``).
+
+    Network r is initialised, shuffled and augmented from ``seeds[r]`` alone, exactly as a
+    lone run with that seed: its weights from the global RNG seeded with it, its data
+    order and augmentation from a generator seeded with it.
+    """
+    nets = []
+    for seed in seeds:
+        seed_everything(seed)  # the weights come from the global RNG, seeded here
+        _, channels, height, _ = train_images.shape
+        nets.append(create_network(network, num_classes, channels, height, norm).to(device))
+    draws = Draws([torch.Generator().manual_seed(seed) for seed in seeds])
+    ensemble = Ensemble(nets)
+    optimizer = torch.optim.SGD(
+        ensemble.params,
+        lr=protocol.lr,
+        momentum=protocol.momentum,
+        weight_decay=protocol.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=lr_milestones(protocol), gamma=protocol.lr_decay
+    )
+    images = train_images.to(device)
+    labels = train_labels.to(device=device, dtype=torch.long)
+    normalise = Normalise(protocol, device)
+    n = len(labels)
+    batch_size = min(protocol.batch_size, n)  # a tiny surrogate set is one whole batch
+    histories: list[list[tuple[int, float, float]]] = [[] for _ in seeds]
+    epochs = range(1, protocol.epochs + 1)
+    for epoch in tqdm(epochs, desc=network, disable=not progress, leave=False):
+        ensemble.train()
+        orders = torch.stack([torch.randperm(n, generator=g) for g in draws.generators])
+        orders = orders.to(device)
+        loss_sum = torch.zeros(len(seeds), device=device)
+        for start in range(0, n, batch_size):
+            index = orders[:, start : start + batch_size]  # [R, b]: each network's own batch
+            x, y = images[index].flatten(0, 1), labels[index].flatten()
+            losses = batch_losses(ensemble, x, y, protocol, normalise, draws)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()  # the networks share no weight: each gets its own gradient
+            optimizer.step()
+            loss_sum += losses.detach() * index.shape[1]
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        tested = evaluate is not None and (epoch % protocol.eval_every == 0 or epoch == epochs[-1])
+        trained = ensemble.sync() if tested else nets
+        for r in range(len(seeds)):
+            metrics = {"train_loss": float(loss_sum[r]) / n, "lr": lr}
+            if tested:
+                assert evaluate is not None
+                metrics["acc"] = evaluate(r, trained[r])
+                histories[r].append((epoch, metrics["train_loss"], metrics["acc"]))
+            if on_epoch is not None:
+                on_epoch(r, epoch, metrics)
+    return ensemble.sync(), histories
+
+
 def train_network(
     network: str,
     train_images: torch.Tensor,
@@ -171,56 +261,109 @@ def train_network(
     seed: int,
     device: torch.device | str,
     norm: str = "instance",
-    evaluate: Callable[[nn.Module], float] | None = None,
-    on_epoch: EpochCallback | None = None,
     progress: bool = False,
-) -> tuple[nn.Module, list[tuple[int, float, float]]]:
-    """Train a freshly initialised ``network`` with ``protocol``; return it and its history.
-
-    ``evaluate(net) -> acc %`` runs every ``protocol.eval_every`` epochs and after
-    the last; ``history`` holds (epoch, mean train loss, acc) for those epochs.
-    ``on_epoch(epoch, metrics)`` runs after every epoch (1-based) with ``train_loss``,
-    ``lr`` and, when evaluated, ``acc``; an exception it raises (a pruner's) propagates.
-    """
+) -> nn.Module:
+    """A freshly initialised ``network`` trained with ``protocol`` (no testing)."""
     device = torch.device(device)
     _check_training(train_images, train_labels, protocol, num_classes)
-    generator = seed_everything(seed)  # the weights come from the global RNG, seeded here
-    _, channels, height, _ = train_images.shape
-    net = create_network(network, num_classes, channels, height, norm).to(device)
-    optimizer = torch.optim.SGD(
-        net.parameters(),
-        lr=protocol.lr,
-        momentum=protocol.momentum,
-        weight_decay=protocol.weight_decay,
+    nets, _ = train_group(
+        network,
+        train_images,
+        train_labels,
+        protocol=protocol,
+        num_classes=num_classes,
+        seeds=[seed],
+        device=device,
+        norm=norm,
+        evaluate=None,
+        on_epoch=None,
+        progress=progress,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=lr_milestones(protocol), gamma=protocol.lr_decay
-    )
-    images = train_images.to(device)
-    labels = train_labels.to(device=device, dtype=torch.long)
-    normalise = _Normalise(protocol, device)
-    n = len(labels)
-    batch_size = min(protocol.batch_size, n)  # a tiny surrogate set is one whole batch
-    history: list[tuple[int, float, float]] = []
-    epochs = range(1, protocol.epochs + 1)
-    for epoch in tqdm(epochs, desc=network, disable=not progress, leave=False):
-        net.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for index in order.split(batch_size):
-            loss = _loss(net, images[index], labels[index], protocol, normalise, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(index)
-        metrics = {"train_loss": float(loss_sum) / n, "lr": optimizer.param_groups[0]["lr"]}
-        scheduler.step()
-        if evaluate is not None and (epoch % protocol.eval_every == 0 or epoch == epochs[-1]):
-            metrics["acc"] = evaluate(net)
-            history.append((epoch, metrics["train_loss"], metrics["acc"]))
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    return net, history
+    return nets[0]
+
+
+def batched_on(device: torch.device, batch_repeats: bool | str) -> bool:
+    """Whether repeats train as one computation: ``auto`` batches them on CUDA only.
+
+    On a CPU the vmapped (grouped) convolutions ran slower than one network at a time in
+    ``benchmarks/speed.py`` (benchmark 6), so ``auto`` keeps them apart there.
+    """
+    if batch_repeats == "auto":
+        return device.type == "cuda"
+    return bool(batch_repeats)
+
+
+def _train_and_test(
+    network: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    protocol: Protocol,
+    num_classes: int,
+    seeds: list[int],
+    device: torch.device,
+    norm: str,
+    batched: bool,
+    on_epoch: RepeatCallback | None,
+    progress: bool,
+) -> list[EvalResult]:
+    """One ``EvalResult`` per seed: a batched group of all seeds, or one group per seed."""
+    _check_training(train_images, train_labels, protocol, num_classes)
+    _check_set(test_images, test_labels, num_classes, "test")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(
+            f"training images are {list(train_images.shape[1:])} but test images are "
+            f"{list(test_images.shape[1:])}. Hint: resize the surrogate set to the test size."
+        )
+    test_labels = test_labels.long().cpu()
+    groups = [seeds] if batched else [[seed] for seed in seeds]
+    results: list[EvalResult] = []
+    for group in groups:
+        start = time.perf_counter()
+        last_preds = [torch.empty(0, dtype=torch.long) for _ in group]
+
+        def evaluate(r: int, net: nn.Module, last_preds: list[torch.Tensor] = last_preds) -> float:
+            last_preds[r] = predict(net, test_images, protocol, device)
+            return 100.0 * int((last_preds[r] == test_labels).sum()) / len(test_labels)
+
+        offset = len(results)
+
+        def callback(r: int, epoch: int, metrics: dict[str, float], offset: int = offset) -> None:
+            if on_epoch is not None:
+                on_epoch(offset + r, epoch, metrics)
+
+        _, histories = train_group(
+            network,
+            train_images,
+            train_labels,
+            protocol=protocol,
+            num_classes=num_classes,
+            seeds=group,
+            device=device,
+            norm=norm,
+            evaluate=evaluate,
+            on_epoch=callback,
+            progress=progress,
+        )
+        wall_s = (time.perf_counter() - start) / len(group)  # a batched run's share
+        for preds, history in zip(last_preds, histories, strict=True):
+            confusion = _confusion(test_labels, preds, num_classes)
+            per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
+            best = max(history, key=lambda entry: entry[2])  # the earliest of equal bests
+            results.append(
+                EvalResult(
+                    last_acc=history[-1][2],
+                    best_acc=best[2],
+                    best_epoch=best[0],
+                    history=history,
+                    per_class_acc=per_class.double().tolist(),
+                    confusion=confusion.tolist(),
+                    wall_s=wall_s,
+                )
+            )
+    return results
 
 
 def train_and_evaluate(
@@ -238,48 +381,33 @@ def train_and_evaluate(
     on_epoch: EpochCallback | None = None,
     progress: bool = False,
 ) -> EvalResult:
-    """Train a fresh ``network`` on uint8 ``train_images`` and test it on ``test_images``."""
-    start = time.perf_counter()
-    device = torch.device(device)
-    _check_set(test_images, test_labels, num_classes, "test")
-    if train_images.shape[1:] != test_images.shape[1:]:
-        raise DataError(
-            f"training images are {list(train_images.shape[1:])} but test images are "
-            f"{list(test_images.shape[1:])}. Hint: resize the surrogate set to the test size."
-        )
-    test_labels = test_labels.long().cpu()
-    last_preds = torch.empty(0, dtype=torch.long)
+    """Train a fresh ``network`` on uint8 ``train_images`` and test it on ``test_images``.
 
-    def evaluate(net: nn.Module) -> float:
-        nonlocal last_preds
-        last_preds = predict(net, test_images, protocol, device)
-        return 100.0 * int((last_preds == test_labels).sum()) / len(test_labels)
+    The test runs every ``protocol.eval_every`` epochs and after the last; ``on_epoch(epoch,
+    metrics)`` runs after every epoch (1-based) with ``train_loss``, ``lr`` and, when
+    tested, ``acc``; an exception it raises (a pruner's) propagates.
+    """
 
-    _, history = train_network(
+    def callback(r: int, epoch: int, metrics: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    (result,) = _train_and_test(
         network,
         train_images,
         train_labels,
+        test_images,
+        test_labels,
         protocol=protocol,
         num_classes=num_classes,
-        seed=seed,
-        device=device,
+        seeds=[seed],
+        device=torch.device(device),
         norm=norm,
-        evaluate=evaluate,
-        on_epoch=on_epoch,
+        batched=False,
+        on_epoch=callback,
         progress=progress,
     )
-    confusion = _confusion(test_labels, last_preds, num_classes)
-    per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1).double()
-    best = max(history, key=lambda entry: entry[2])  # the earliest of equal bests
-    return EvalResult(
-        last_acc=history[-1][2],
-        best_acc=best[2],
-        best_epoch=best[0],
-        history=history,
-        per_class_acc=per_class.tolist(),
-        confusion=confusion.tolist(),
-        wall_s=time.perf_counter() - start,
-    )
+    return result
 
 
 def evaluate_repeats(
@@ -295,40 +423,35 @@ def evaluate_repeats(
     seed: int,
     device: torch.device | str,
     norm: str = "instance",
-    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    batch_repeats: bool | str = "auto",
+    on_epoch: RepeatCallback | None = None,
     progress: bool = False,
 ) -> RepeatedResult:
     """``repeats`` fresh networks with seeds ``seed .. seed + repeats - 1``.
 
-    ``on_epoch(repeat, epoch, metrics)`` is ``train_and_evaluate``'s callback with the
-    repeat index (0-based) in front.
+    ``batch_repeats`` trains them as one batched computation (``True``), one after the
+    other (``False``), or picks by device (``"auto"``, see ``batched_on``); the results
+    are those of independent runs either way. ``on_epoch(repeat, epoch, metrics)`` is
+    ``train_and_evaluate``'s callback with the repeat index (0-based) in front.
     """
     if repeats < 1:
         raise ConfigError(f"eval.repeats: {repeats}. Hint: use at least 1.")
-    runs = []
-    for r in range(repeats):
-        callback = None
-        if on_epoch is not None:
-
-            def callback(epoch: int, metrics: dict[str, float], r: int = r) -> None:
-                on_epoch(r, epoch, metrics)
-
-        runs.append(
-            train_and_evaluate(
-                network,
-                train_images,
-                train_labels,
-                test_images,
-                test_labels,
-                protocol=protocol,
-                num_classes=num_classes,
-                seed=seed + r,
-                device=device,
-                norm=norm,
-                on_epoch=callback,
-                progress=progress,
-            )
-        )
+    device = torch.device(device)
+    runs = _train_and_test(
+        network,
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        protocol=protocol,
+        num_classes=num_classes,
+        seeds=[seed + r for r in range(repeats)],
+        device=device,
+        norm=norm,
+        batched=batched_on(device, batch_repeats),
+        on_epoch=on_epoch,
+        progress=progress,
+    )
     last = np.array([run.last_acc for run in runs])
     best = np.array([run.best_acc for run in runs])
     return RepeatedResult(

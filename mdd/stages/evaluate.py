@@ -120,6 +120,7 @@ def evaluate_surrogate(
             seed=config.seed,
             device=device,
             norm=config.eval.norm,
+            batch_repeats=config.eval.batch_repeats,
             on_epoch=on_epoch,
             progress=True,
         )
