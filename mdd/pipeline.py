@@ -131,7 +131,11 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     if config.method in GENERATIVE:
         base = base_key(config, fingerprint)
         stages.append(Stage("pretrain", base, root / "base" / base))
-        tune = _digest(base, effective_finetune(config), config.seed)
+        # The data fine-tuned on, whatever the base: a shipped or model.path base's key says
+        # nothing of it, and two datasets (or splits) must not share a fine-tuned model.
+        tune = _digest(
+            base, fingerprint, config.data.image_size, effective_finetune(config), config.seed
+        )
         stages.append(Stage("finetune", tune, root / "finetune" / tune))
         # exclude_none: settings added later with a None default keep earlier keys valid.
         sampling = config.sample.model_dump(mode="json", exclude_none=True)

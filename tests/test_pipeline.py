@@ -10,6 +10,8 @@ from mlflow import MlflowClient
 
 from mdd.cli import run_main
 from mdd.config import Config
+from mdd.data.fingerprint import dataset_fingerprint
+from mdd.data.folders import subset_wnids
 from mdd.data.surrogate import read_surrogate
 from mdd.pipeline import base_key, plan
 from mdd.stages import finetune as finetune_stage
@@ -92,6 +94,40 @@ def test_changing_ipc_reuses_finetuning_and_lambda_invalidates_it(tiny_config: C
     keys_network = {stage.name: stage.key for stage in plan(other_network, fingerprint)}
     assert keys_network["sample"] == keys["sample"]
     assert keys_network["evaluate"] != keys["evaluate"]
+
+
+def _woof_nette_configs(tmp_path: Path) -> tuple[Config, Config]:
+    """Two ImageNet-subset runs on the same DiT-XL/2 folder (a model.path base)."""
+    woof = Config.model_validate(
+        {
+            "data": {"dataset": "imagenet_subset", "subset": "woof", "image_size": 256},
+            "model": {"preset": "DiT-XL/2", "path": str(tmp_path / "DiT-XL-2-256")},
+            "autoencoder": {"kind": "sd_vae", "path": str(tmp_path / "sd-vae")},
+        }
+    )
+    nette = woof.model_copy(deep=True)
+    nette.data.subset = "nette"
+    return woof, nette
+
+
+def _subset_fingerprint(subset: str, val_per_class: int = 0) -> str:
+    # What load_dataset hashes: the class folders' files and the split settings.
+    wnids = subset_wnids(subset)
+    entries = [(f"train/{wnid}/{wnid}_1.JPEG", 1000) for wnid in wnids]
+    return dataset_fingerprint(entries, split_seed=0, val_per_class=val_per_class)
+
+
+def test_every_stage_after_a_model_path_base_is_keyed_by_the_data(tmp_path: Path) -> None:
+    woof, nette = _woof_nette_configs(tmp_path)
+    keys_woof = {s.name: s.key for s in plan(woof, _subset_fingerprint("woof"))}
+    keys_nette = {s.name: s.key for s in plan(nette, _subset_fingerprint("nette"))}
+    assert keys_woof["pretrain"] == keys_nette["pretrain"]  # the same DiT-XL/2
+    for name in ("finetune", "sample", "evaluate"):
+        assert keys_woof[name] != keys_nette[name], name
+    more_val = {s.name: s.key for s in plan(woof, _subset_fingerprint("woof", 1000))}
+    for name in ("finetune", "sample", "evaluate"):
+        assert more_val[name] != keys_woof[name], name
+    assert {s.name: s.key for s in plan(woof, _subset_fingerprint("woof"))} == keys_woof
 
 
 def test_shipped_base_is_read_once_per_process_until_a_file_changes(
