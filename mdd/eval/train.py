@@ -293,79 +293,6 @@ def batched_on(device: torch.device, batch_repeats: bool | str) -> bool:
     return bool(batch_repeats)
 
 
-def _train_and_test(
-    network: str,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    *,
-    protocol: Protocol,
-    num_classes: int,
-    seeds: list[int],
-    device: torch.device,
-    norm: str,
-    batched: bool,
-    on_epoch: RepeatCallback | None,
-    progress: bool,
-) -> list[EvalResult]:
-    """One ``EvalResult`` per seed: a batched group of all seeds, or one group per seed."""
-    _check_training(train_images, train_labels, protocol, num_classes)
-    _check_set(test_images, test_labels, num_classes, "test")
-    if train_images.shape[1:] != test_images.shape[1:]:
-        raise DataError(
-            f"training images are {list(train_images.shape[1:])} but test images are "
-            f"{list(test_images.shape[1:])}. Hint: resize the surrogate set to the test size."
-        )
-    test_labels = test_labels.long().cpu()
-    groups = [seeds] if batched else [[seed] for seed in seeds]
-    results: list[EvalResult] = []
-    for group in groups:
-        start = time.perf_counter()
-        last_preds = [torch.empty(0, dtype=torch.long) for _ in group]
-
-        def evaluate(r: int, net: nn.Module, last_preds: list[torch.Tensor] = last_preds) -> float:
-            last_preds[r] = predict(net, test_images, protocol, device)
-            return 100.0 * int((last_preds[r] == test_labels).sum()) / len(test_labels)
-
-        offset = len(results)
-
-        def callback(r: int, epoch: int, metrics: dict[str, float], offset: int = offset) -> None:
-            if on_epoch is not None:
-                on_epoch(offset + r, epoch, metrics)
-
-        _, histories = train_group(
-            network,
-            train_images,
-            train_labels,
-            protocol=protocol,
-            num_classes=num_classes,
-            seeds=group,
-            device=device,
-            norm=norm,
-            evaluate=evaluate,
-            on_epoch=callback,
-            progress=progress,
-        )
-        wall_s = (time.perf_counter() - start) / len(group)  # a batched run's share
-        for preds, history in zip(last_preds, histories, strict=True):
-            confusion = _confusion(test_labels, preds, num_classes)
-            per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
-            best = max(history, key=lambda entry: entry[2])  # the earliest of equal bests
-            results.append(
-                EvalResult(
-                    last_acc=history[-1][2],
-                    best_acc=best[2],
-                    best_epoch=best[0],
-                    history=history,
-                    per_class_acc=per_class.double().tolist(),
-                    confusion=confusion.tolist(),
-                    wall_s=wall_s,
-                )
-            )
-    return results
-
-
 def train_and_evaluate(
     network: str,
     train_images: torch.Tensor,
@@ -388,11 +315,13 @@ def train_and_evaluate(
     tested, ``acc``; an exception it raises (a pruner's) propagates.
     """
 
-    def callback(r: int, epoch: int, metrics: dict[str, float]) -> None:
-        if on_epoch is not None:
+    callback = None
+    if on_epoch is not None:
+
+        def callback(r: int, epoch: int, metrics: dict[str, float]) -> None:
             on_epoch(epoch, metrics)
 
-    (result,) = _train_and_test(
+    repeated = evaluate_repeats(
         network,
         train_images,
         train_labels,
@@ -400,14 +329,15 @@ def train_and_evaluate(
         test_labels,
         protocol=protocol,
         num_classes=num_classes,
-        seeds=[seed],
-        device=torch.device(device),
+        repeats=1,
+        seed=seed,
+        device=device,
         norm=norm,
-        batched=False,
+        batch_repeats=False,
         on_epoch=callback,
         progress=progress,
     )
-    return result
+    return repeated.runs[0]
 
 
 def evaluate_repeats(
@@ -437,21 +367,60 @@ def evaluate_repeats(
     if repeats < 1:
         raise ConfigError(f"eval.repeats: {repeats}. Hint: use at least 1.")
     device = torch.device(device)
-    runs = _train_and_test(
-        network,
-        train_images,
-        train_labels,
-        test_images,
-        test_labels,
-        protocol=protocol,
-        num_classes=num_classes,
-        seeds=[seed + r for r in range(repeats)],
-        device=device,
-        norm=norm,
-        batched=batched_on(device, batch_repeats),
-        on_epoch=on_epoch,
-        progress=progress,
-    )
+    _check_training(train_images, train_labels, protocol, num_classes)
+    _check_set(test_images, test_labels, num_classes, "test")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(
+            f"training images are {list(train_images.shape[1:])} but test images are "
+            f"{list(test_images.shape[1:])}. Hint: resize the surrogate set to the test size."
+        )
+    test_labels = test_labels.long().cpu()
+    seeds = [seed + r for r in range(repeats)]
+    groups = [seeds] if batched_on(device, batch_repeats) else [[s] for s in seeds]
+    runs: list[EvalResult] = []
+    for group in groups:
+        start = time.perf_counter()
+        last_preds = [torch.empty(0, dtype=torch.long) for _ in group]
+
+        def evaluate(r: int, net: nn.Module, last_preds: list[torch.Tensor] = last_preds) -> float:
+            last_preds[r] = predict(net, test_images, protocol, device)
+            return 100.0 * int((last_preds[r] == test_labels).sum()) / len(test_labels)
+
+        offset = len(runs)
+
+        def callback(r: int, epoch: int, metrics: dict[str, float], offset: int = offset) -> None:
+            if on_epoch is not None:
+                on_epoch(offset + r, epoch, metrics)
+
+        _, histories = train_group(
+            network,
+            train_images,
+            train_labels,
+            protocol=protocol,
+            num_classes=num_classes,
+            seeds=group,
+            device=device,
+            norm=norm,
+            evaluate=evaluate,
+            on_epoch=callback,
+            progress=progress,
+        )
+        wall_s = (time.perf_counter() - start) / len(group)  # a batched run's share
+        for preds, history in zip(last_preds, histories, strict=True):
+            confusion = _confusion(test_labels, preds, num_classes)
+            per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
+            best = max(history, key=lambda entry: entry[2])  # the earliest of equal bests
+            runs.append(
+                EvalResult(
+                    last_acc=history[-1][2],
+                    best_acc=best[2],
+                    best_epoch=best[0],
+                    history=history,
+                    per_class_acc=per_class.double().tolist(),
+                    confusion=confusion.tolist(),
+                    wall_s=wall_s,
+                )
+            )
     last = np.array([run.last_acc for run in runs])
     best = np.array([run.best_acc for run in runs])
     return RepeatedResult(
