@@ -37,7 +37,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, tiny_fmnist: Path) -> tu
         command,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
