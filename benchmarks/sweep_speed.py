@@ -46,6 +46,7 @@ class SweepSizes:
     lambda_r: tuple[float, ...]  # fine-tuning settings: each is fine-tuned once when shared
     guidance: tuple[float, ...]  # sampling settings: trials that can reuse a fine-tuning
     overrides: tuple[str, ...]  # fixed for every trial, as a sweep's ``fixed:``
+    trial_epochs: int = 200  # the sweep's ``trial.epochs``: the DC protocol's length in trials
 
     @property
     def trials(self) -> list[tuple[int, dict[str, float]]]:
@@ -70,8 +71,10 @@ QUICK = SweepSizes(
         "finetune.checkpoint_every_steps=2",
         "sample.steps=2",
         "eval.repeats=1",
-        "eval.epochs=2",
+        "judge.epochs=1",  # a quick judge for the diagnostics (the full one: minutes)
+        "judge.per_class=100",
     ),
+    trial_epochs=2,
 )
 
 
@@ -102,6 +105,7 @@ def write_sweep(sizes: SweepSizes, extra: list[str], work: Path) -> Path:
             "sample.guidance_scale": {"type": "categorical", "choices": list(sizes.guidance)},
         },
         "ipc": list(sizes.ipc),
+        "trial": {"epochs": sizes.trial_epochs},
         "final": {"enabled": False},
     }
     path = work / "sweep.yaml"

@@ -8,7 +8,7 @@
   repeatedly add the item farthest from everything picked so far.
 
 Herding and k-center work on features: the penultimate layer of a ConvNet-3 trained
-briefly on the training split (``mdd.eval.reference``).
+briefly on the training split (``mdd.eval.judge``).
 Indices come back class by class (ascending), in selection order within a class. The
 loop over steps is Python; every step is one tensor operation over the class's items.
 """

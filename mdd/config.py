@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -101,18 +102,64 @@ class PretrainConfig(Section):
         return None if value is None else shipped_asset(value)
 
 
+# The paper's fine-tune (METHOD.md section 3): EMA decay 0.9999 over 12,000 steps, so the
+# sampled weights keep 0.9999^12000 = 30 % of the base. `ema_decay: auto` keeps that share
+# whatever the run's length; the same decay over a short run leaves the base in charge.
+PAPER_EMA_BASE_SHARE = 0.9999**12000
+
+
 class FinetuneConfig(Section):
     lambda_r: float = Field(0.002, ge=0)  # representativeness weight (METHOD.md section 2)
     lambda_d: float = Field(0.008, ge=0)  # diversity weight
     memory_size: int = Field(64, ge=1)
     difffit: bool = True  # train only the DiffFit subset (METHOD.md section 3)
-    steps: int = Field(800, ge=1)
+    # The run's length: epochs over the training split, or steps; give one of the two.
+    epochs: float | None = Field(2.0, gt=0)
+    steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    ema_decay: float = Field(0.9999, ge=0, le=1)
+    ema_decay: Literal["auto"] | float = "auto"
     label_dropout: float = Field(0.1, ge=0, le=1)
     checkpoint_every_steps: int = Field(200, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_length(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("steps") is not None and data.get("epochs") is not None:
+            raise ValueError(
+                "give finetune.steps or finetune.epochs, not both "
+                f"(got steps {data['steps']} and epochs {data['epochs']})"
+            )
+        if data.get("steps") is not None:
+            return {**data, "epochs": None}
+        return data
+
+    @model_validator(mode="after")
+    def _has_length(self) -> FinetuneConfig:
+        if self.steps is None and self.epochs is None:
+            raise ValueError("finetune needs a length: set finetune.epochs or finetune.steps")
+        if self.ema_decay != "auto" and not 0 <= self.ema_decay <= 1:
+            raise ValueError(
+                f"finetune.ema_decay must be 'auto' or in [0, 1], not {self.ema_decay}"
+            )
+        return self
+
+    def total_steps(self, train_images: int) -> int:
+        """The run's optimiser steps: ``steps``, or ``epochs`` over ``train_images``."""
+        if self.steps is not None:
+            return self.steps
+        assert self.epochs is not None
+        return max(1, math.ceil(self.epochs * train_images / self.batch_size))
+
+    def decay_for(self, steps: int) -> float:
+        """The EMA decay: the given one, or (auto) the one whose base share after ``steps``
+        equals the paper's, ``d ** steps == 0.9999 ** 12000``."""
+        if self.ema_decay != "auto":
+            return float(self.ema_decay)
+        return PAPER_EMA_BASE_SHARE ** (1.0 / steps)
 
 
 class SampleConfig(Section):
@@ -138,9 +185,19 @@ class EvalConfig(Section):
     # Test evaluations spread over training, the last at the end; 1 tests only the last
     # epoch, as the DC code does (then the "best" accuracy is the last one).
     evaluations: int | None = Field(None, ge=1)
+    # The split tested on: the preset's when None (test; proxy: val). Sweep trials use val.
+    split: Literal["test", "val"] | None = None
     # Train the repeats of a network as one batched computation (same results as one at a
     # time, to float tolerance). auto: on CUDA only; on a CPU it measured slower.
     batch_repeats: Literal["auto"] | bool = "auto"
+
+
+class JudgeConfig(Section):
+    """The judge (mdd.eval.judge): class consistency, the baselines' features, diagnostics."""
+
+    epochs: int = Field(2, ge=1)
+    per_class: int | None = Field(None, ge=1)  # train on this many images per class (None: all)
+    diagnostics: bool = True  # compute the surrogate-set diagnostics of every run
 
 
 class TrackingConfig(Section):
@@ -162,6 +219,7 @@ class Config(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +256,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"--set {text!r}: {key!r} is a value, not a section")
             node = child
         node[path[-1]] = value
+        _drop_alternative(node, path)
     return data
+
+
+# Keys that say the same thing two ways: setting one (an override, a child file) drops the
+# other, so `--set finetune.steps=400` works on a file that gives finetune.epochs.
+ALTERNATIVES: dict[tuple[str, ...], str] = {
+    ("finetune", "steps"): "epochs",
+    ("finetune", "epochs"): "steps",
+}
+
+
+def _drop_alternative(node: dict[str, Any], path: list[str]) -> None:
+    other = ALTERNATIVES.get(tuple(path))
+    if other is not None:
+        node.pop(other, None)
 
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -261,14 +334,19 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError("\n".join(messages)) from None
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(
+    base: dict[str, Any], update: dict[str, Any], where: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Deep-merge ``update`` into a copy of ``base`` (sections merge, values replace)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
+            merged[key] = merge(merged[key], value, (*where, key))
         else:
             merged[key] = value
+            other = ALTERNATIVES.get((*where, key))
+            if other is not None and other not in update:
+                merged.pop(other, None)  # the child's length replaces the parent's
     return merged
 
 

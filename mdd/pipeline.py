@@ -28,7 +28,13 @@ from mdd.data.folders import imagenet_indices
 from mdd.data.latents import LatentSet, cached_latents
 from mdd.errors import MddError, StageError
 from mdd.runtime import pick_device, seed_everything
-from mdd.stages.finetune import Trainable, finetune, load_finetuned, prepare_trainable
+from mdd.stages.finetune import (
+    Trainable,
+    finetune,
+    load_finetuned,
+    prepare_trainable,
+    read_summary,
+)
 from mdd.stages.pretrain import BaseModel, load_base, load_pretrained_base, pretrain_base
 from mdd.stages.sample import sample_surrogate
 from mdd.tracking import RunHandle, Tracker, provenance_tags
@@ -267,6 +273,10 @@ def _run_finetune(state: RunState) -> None:
             state.core.device,
             state.log,
         )
+    summary = read_summary(state.stage.folder)
+    if summary is not None:  # None: fine-tuned by a version that wrote no summary
+        state.run.log_metrics(summary.metrics())
+        state.metrics.update(summary.metrics())
     state.finetuned = state.stage.folder / "ema.safetensors"
 
 
@@ -297,6 +307,7 @@ def _run_sample(state: RunState) -> None:
     state.surrogate = folder
     state.run.log_artifact(folder / "grid.png")
     state.run.log_artifact(folder, "surrogate")
+    _diagnose(state)
 
 
 def _run_select(state: RunState) -> None:
@@ -307,6 +318,31 @@ def _run_select(state: RunState) -> None:
         select_surrogate(state.core.data, state.config, folder, state.core.device)
     state.surrogate = folder
     state.run.log_artifact(folder / "grid.png")
+    _diagnose(state)
+
+
+def _diagnose(state: RunState) -> None:
+    """The surrogate set's diagnostics (``mdd.eval.diagnostics``), computed once per set."""
+    from mdd.data.surrogate import read_surrogate
+    from mdd.eval.diagnostics import RealData, diagnose
+    from mdd.eval.judge import load_judge
+
+    assert state.surrogate is not None
+    if not state.config.judge.diagnostics:
+        return
+    path = state.stage.folder / "diagnostics.json"
+    if path.is_file():
+        values = json.loads(path.read_text())
+    else:
+        data = state.core.data
+        surrogate = read_surrogate(state.surrogate)
+        judge = load_judge(data, state.config, state.core.device)
+        real = RealData(data.train.images, data.train.labels, data.test.images)
+        values = diagnose(surrogate.images, surrogate.labels, judge, real)
+        path.write_text(json.dumps(values, indent=2))
+    metrics = {f"surrogate/{name}": value for name, value in values.items()}
+    state.run.log_metrics(metrics)
+    state.metrics.update(metrics)
 
 
 def _run_evaluate(state: RunState) -> None:
@@ -359,8 +395,12 @@ def execute(
     tracker: Tracker,
     parent: RunHandle,
     report: Callable[[int, float], None] | None = None,
+    until: str | None = None,
 ) -> RunResult:
     """Run every stage of ``config`` under ``parent``; cached stages are reused, not rerun.
+
+    ``until`` names the last stage to run (``sample``: a surrogate set and its diagnostics,
+    no evaluation).
 
     A stage that fails is recorded as a FAILED nested run (and the parent too) before
     the error reaches the command line as one message. ``report(epoch, acc)`` hears the
@@ -374,6 +414,8 @@ def execute(
     for stage in plan(config, core.data.fingerprint):
         with stage_lock(stage):
             state = _execute_stage(core, config, tracker, parent, stage, state, report, summary)
+        if stage.name == until:
+            break
     assert state is not None
     distill = [state.metrics.get(f"wall_s/{name}", 0.0) for name in DISTILL_STAGES]
     state.metrics["distill_wall_s"] = sum(distill)
@@ -435,7 +477,13 @@ def run_experiment(config: Config, config_path: str, dry_run: bool = False) -> i
     return 0
 
 
-def run_with_core(core: Core, config: Config, tracker: Tracker, tags: dict[str, str]) -> RunResult:
+def run_with_core(
+    core: Core,
+    config: Config,
+    tracker: Tracker,
+    tags: dict[str, str],
+    until: str | None = None,
+) -> RunResult:
     """One top-level MLflow run of ``config`` on an already loaded core, as ``mdd-run`` records it.
 
     Scripts that run many configs in one process (benchmarks/quality_fmnist.py) call this
@@ -446,7 +494,7 @@ def run_with_core(core: Core, config: Config, tracker: Tracker, tags: dict[str, 
     with tracker.run(config.name, tags=tags) as parent:
         parent.log_params(config.to_dict())
         parent.log_config(config)
-        result = execute(core, config, tracker, parent)
+        result = execute(core, config, tracker, parent, until=until)
         parent.log_metrics(result.metrics)
     return result
 

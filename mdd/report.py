@@ -28,6 +28,30 @@ LEGEND = (
     "ImageWoof (idc protocol); DC/DSA report last (dc protocol). In the pivots, bold marks "
     "the best method of each row; `full` (the whole training set) is an upper bound, never bold."
 )
+# Surrogate-set diagnostics (mdd.eval.diagnostics), logged as `surrogate/<name>`, by header.
+DIAGNOSTICS = {
+    "class_consistency": "consistency",
+    "intra_cosine_features": "intra cos (features)",
+    "intra_cosine_pixels": "intra cos (pixels)",
+    "nearest_real_cosine": "nearest real",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+    "nearest_train_cosine": "nearest train",
+    "nearest_test_cosine": "nearest test",
+    "frechet_features": "Fréchet",
+}
+DIAGNOSTICS_LEGEND = (
+    "What the set looks like, whatever its accuracy (`mdd.eval.diagnostics`; features are the "
+    "judge's, trained on the real training split): **consistency** = share the judge assigns "
+    "to the intended class; **intra cos** = mean cosine similarity of two images of one class "
+    "(lower = more diverse); **nearest real** = similarity to the closest real image of the "
+    "class; **precision / recall / density / coverage** of Naeem et al. 2020 (k = 5) against "
+    "the class's real images; **nearest train / test** = pixel similarity to the closest "
+    "training / test image (1 = a copy; a selected real set is 1 on train by construction); "
+    "**Fréchet** = distance of Gaussians fitted to the set's and the real images' features."
+)
 _TEST_METRIC = re.compile(r"^test/(?P<network>[^/]+)/last_acc_mean$")
 _CSV_FIELDS = (
     "dataset",
@@ -42,6 +66,7 @@ _CSV_FIELDS = (
     "repeats",
     "runs",
     "run_id",
+    *DIAGNOSTICS,
 )
 
 
@@ -61,6 +86,7 @@ class Row:
     repeats: int
     runs: int
     run_id: str
+    diagnostics: dict[str, float]  # name -> value, for the diagnostics the run logged
 
 
 def _is_reported(run: dict[str, Any]) -> bool:
@@ -120,6 +146,11 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
             key = (_dataset(params), protocol, method, int(params["sample.ipc"]), network)
             found = {**values, "run_id": run["run_id"], "start_time_ms": run["start_time_ms"]}
             found["repeats"] = int(params.get("eval.repeats", "0"))
+            found["diagnostics"] = {
+                name: run["metrics"][f"surrogate/{name}"]
+                for name in DIAGNOSTICS
+                if f"surrogate/{name}" in run["metrics"]
+            }
             grouped.setdefault(key, []).append(found)
     rows = []
     for (dataset, protocol, method, ipc, network), found in grouped.items():
@@ -138,6 +169,7 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
                 repeats=newest["repeats"],
                 runs=len(found),
                 run_id=newest["run_id"],
+                diagnostics=newest["diagnostics"],
             )
         )
     rows.sort(key=lambda r: (r.dataset, r.protocol, r.ipc, r.network, _method_rank(r.method)))
@@ -173,6 +205,21 @@ def _pivot(rows: list[Row]) -> list[str]:
             cells.append(f"**{text}**" if bold else text)
         body.append([str(ipc), network, *cells])
     return _table(["IPC", "network", *methods], body)
+
+
+def _diagnostics_table(rows: list[Row]) -> list[str]:
+    """One line per surrogate set (dataset, method, IPC): the set, not the network, is judged."""
+    sets = {(r.dataset, _method_rank(r.method), r.ipc): r for r in rows if r.diagnostics}
+    body = []
+    for key in sorted(sets):
+        dataset, (_, method), ipc = key
+        values = sets[key].diagnostics
+        cells = [f"{values[name]:.3f}" if name in values else "—" for name in DIAGNOSTICS]
+        body.append([dataset, method, str(ipc), *cells])
+    if not body:
+        return []
+    header = ["dataset", "method", "IPC", *DIAGNOSTICS.values()]
+    return ["", "## Surrogate-set diagnostics", "", DIAGNOSTICS_LEGEND, "", *_table(header, body)]
 
 
 def format_markdown(rows: list[Row], unplaced: list[str], experiment: str, store: str) -> str:
@@ -211,6 +258,7 @@ def format_markdown(rows: list[Row], unplaced: list[str], experiment: str, store
     for dataset, protocol in sorted({(row.dataset, row.protocol) for row in rows}):
         lines += ["", f"## {dataset}, {protocol} protocol: last accuracy (%)", ""]
         lines += _pivot([r for r in rows if (r.dataset, r.protocol) == (dataset, protocol)])
+    lines += _diagnostics_table(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +266,9 @@ def write_csv(rows: list[Row], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
+        for row in rows:
+            record = asdict(row)
+            writer.writerow(record | record.pop("diagnostics"))
 
 
 def write_report(tracking: TrackingConfig, out: str | Path) -> str:

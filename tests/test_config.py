@@ -148,3 +148,27 @@ def test_other_relative_checkpoints_stay_relative_to_the_working_directory(
     path = tmp_path / "exp.yaml"
     path.write_text("name: x\npretrain:\n  checkpoint: bases/mine\n")
     assert load_config(path).pretrain.checkpoint == Path("bases/mine")
+
+
+def test_finetune_length_is_epochs_or_steps_and_an_override_of_one_replaces_the_other(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, {"finetune": {"epochs": 3}})
+    assert load_config(path).finetune.total_steps(1000) == 94  # ceil(3 * 1000 / 32)
+    by_steps = load_config(path, ["finetune.steps=400"]).finetune
+    assert (by_steps.steps, by_steps.epochs, by_steps.total_steps(1000)) == (400, None, 400)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: exp.yaml\nfinetune:\n  steps: 50\n")
+    assert load_config(child).finetune.total_steps(10**6) == 50
+    with pytest.raises(ConfigError, match="finetune.steps or finetune.epochs, not both"):
+        load_config(write(tmp_path, {"finetune": {"epochs": 1, "steps": 10}}))
+
+
+def test_auto_ema_gives_the_base_the_papers_share_at_any_length() -> None:
+    finetune = Config().finetune
+    assert finetune.ema_decay == "auto"
+    assert finetune.decay_for(12000) == pytest.approx(0.9999)  # the paper's own run
+    for steps in (100, 800, 3438):
+        assert finetune.decay_for(steps) ** steps == pytest.approx(0.9999**12000)
+    fixed = finetune.model_copy(update={"ema_decay": 0.99})
+    assert fixed.decay_for(100) == 0.99

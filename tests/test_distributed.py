@@ -128,6 +128,7 @@ def write_sweep(folder: Path, data_root: Path, cache: Path, name: str, **changes
         "space": {"finetune.lambda_r": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
         "ipc": [2],
         "heartbeat_s": 2,
+        "trial": {"epochs": 2},
         "final": {"enabled": False},
     }
     sweep.update(changes)

@@ -15,12 +15,17 @@ import torch
 import yaml
 from PIL import Image
 
+from mdd.baselines import select_herding
 from mdd.cli import run_main
 from mdd.config import load_config
 from mdd.data.folders import KNOWN_IMAGENET_INDEX, subset_wnids
 from mdd.data.surrogate import read_surrogate
 from mdd.diffusion.backbone import create_backbone
+from mdd.eval.judge import judge_cache_path, load_judge
+from mdd.eval.networks import ResNetAP
+from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD
 from mdd.pipeline import Core, plan
+from mdd.stages.select import select_surrogate
 from tests.test_autoencoder import tiny_vae
 
 
@@ -46,7 +51,11 @@ def write_pretrained_layout(folder: Path) -> None:
 
 
 @pytest.fixture
-def woof_config(tmp_path: Path, mlflow_store: str) -> Path:
+def woof_config(tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The ImageWoof experiment on tiny class folders and a tiny DiT-XL/2 layout."""
+    monkeypatch.setenv("MDD_IMAGENET_TRAIN", str(tmp_path / "train"))
+    monkeypatch.setenv("MDD_IMAGENET_VAL", str(tmp_path / "val"))
+    monkeypatch.setenv("MDD_DIT_XL_2", str(tmp_path / "dit"))
     wnids = subset_wnids("woof")
     write_class_tree(tmp_path / "train", wnids, 8)
     write_class_tree(tmp_path / "val", wnids, 2)
@@ -68,12 +77,7 @@ def woof_config(tmp_path: Path, mlflow_store: str) -> Path:
     return path
 
 
-def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(
-    woof_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MDD_IMAGENET_TRAIN", str(tmp_path / "train"))
-    monkeypatch.setenv("MDD_IMAGENET_VAL", str(tmp_path / "val"))
-    monkeypatch.setenv("MDD_DIT_XL_2", str(tmp_path / "dit"))
+def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(woof_config: Path) -> None:
     assert run_main([str(woof_config)]) == 0
 
     config = load_config(woof_config)
@@ -91,3 +95,22 @@ def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(
     assert trainable.selection["gamma"] > 0  # DiffFit on the DiT-XL/2 design
     # The latents were cached with flips (the paper's augmentation): 2 x training images.
     assert len(core.latents) == 2 * len(core.data.train)
+
+
+def test_an_imagenet_subsets_judge_sees_its_normalisation_at_the_evaluation_resolution(
+    woof_config: Path, tmp_path: Path
+) -> None:
+    overrides = ["eval.protocol=idc", "eval.epochs=null", "method=herding", "sample.ipc=2"]
+    config = load_config(woof_config, overrides)
+    data = Core.load(config).data
+    judge = load_judge(data, config, torch.device("cpu"))
+    assert isinstance(judge.network, ResNetAP)
+    assert (judge.protocol.mean, judge.protocol.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert judge.protocol.image_size == 224  # IDC's, though the data is 32 px
+    assert judge_cache_path(config, data.fingerprint).is_file()
+    # Herding picks in this judge's pooled feature space, fed at 224 px.
+    features = judge.features(data.train.images[:3])
+    assert features.shape == (3, 512)
+    folder = select_surrogate(data, config, tmp_path / "herding", torch.device("cpu"))
+    expected = select_herding(judge.features(data.train.images), data.train.labels, 2)
+    assert torch.equal(read_surrogate(folder).images, data.train.images[expected])

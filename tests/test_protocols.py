@@ -8,9 +8,8 @@ import torch
 
 from mdd.config import load_config
 from mdd.errors import ConfigError, DataError
-from mdd.eval.protocols import lr_milestones, resolve_protocol
+from mdd.eval.protocols import lr_milestones, protocol_for, resolve_protocol
 from mdd.eval.train import evaluate_repeats, train_and_evaluate
-from mdd.stages.evaluate import protocol_for
 
 
 def test_dc_protocol_is_the_dc_dsa_fashion_mnist_setting() -> None:

@@ -244,3 +244,31 @@ def test_experiment_without_reportable_runs_is_an_error(mlflow_store: str, tmp_p
     with pytest.raises(MddError, match="has no finished run to report"):
         write_report(tracking, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_shows_each_sets_diagnostics_beside_the_accuracies(
+    tmp_path: Path, mlflow_store: str
+) -> None:
+    tracking = TrackingConfig(
+        uri=mlflow_store, experiment=f"diag-{uuid.uuid4().hex[:8]}", artifact_root=tmp_path
+    )
+    tracker = Tracker(tracking)
+    diagnostics = {"surrogate/intra_cosine_pixels": 0.812, "surrogate/precision": 0.75}
+    for network in ("convnet3", "resnet_ap10"):
+        metrics = _metrics(network, (70, 1, 71, 1)) | diagnostics
+        _log_run(tracker, _config("minimax", 10, [network]), metrics)
+    _log_run(tracker, _config("random", 10, ["convnet3"]), _metrics("convnet3", (74, 1, 75, 1)))
+    markdown = write_report(tracking, tmp_path / "out")
+    section = markdown.split("## Surrogate-set diagnostics", 1)[1]
+    rows = _markdown_rows(section, "fashion_mnist")
+    assert len(rows) == 1  # one line per set, not per network; random logged none
+    cells = dict(zip(_markdown_rows(section, "dataset")[0], rows[0], strict=True))
+    assert (cells["method"], cells["IPC"]) == ("minimax", "10")
+    assert (cells["intra cos (pixels)"], cells["precision"], cells["recall"]) == (
+        "0.812",
+        "0.750",
+        "—",
+    )
+    with (tmp_path / "out" / "report.csv").open() as handle:
+        records = list(csv.DictReader(handle))
+    assert {r["intra_cosine_pixels"] for r in records if r["method"] == "minimax"} == {"0.812"}

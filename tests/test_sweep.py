@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import yaml
 from mlflow import MlflowClient
 
 from mdd.cli import sweep_main
+from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD, protocol_for, resolve_protocol
+from mdd.sweep.config import final_config, load_sweep, trial_config
 from tests.conftest import tiny_config_data
 
 
@@ -40,6 +43,7 @@ def write_sweep(
         },
         "ipc": [2],
         "heartbeat_s": 5,
+        "trial": {"epochs": 2},
         "final": {"protocol": "dc", "repeats": 1, "epochs": 2},
     }
     sweep.update(changes)
@@ -195,3 +199,46 @@ def test_invalid_search_spaces_give_clear_errors(
     assert sweep_main([str(sweep)]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def _imagewoof_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MDD_DIT_XL_2", "MDD_IMAGENET_TRAIN", "MDD_IMAGENET_VAL"):
+        monkeypatch.setenv(name, f"/data/{name.lower()}")
+
+
+def test_imagewoof_trials_run_the_final_idc_protocol_shortened_on_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _imagewoof_env(monkeypatch)
+    sweep, base = load_sweep("sweeps/imagewoof.yaml")
+    trial = protocol_for(trial_config(base, sweep, {}, 10), 10)
+    assert (trial.name, trial.augmentation, trial.image_size) == ("idc", "idc", 224)
+    assert (trial.mean, trial.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert (trial.epochs, trial.evaluations, trial.eval_split) == (300, 10, "val")
+    assert sweep.pruner.warmup_epochs < trial.epochs
+    final = protocol_for(final_config(base, sweep, {}, 10), 10)
+    assert (final.epochs, final.evaluations, final.eval_split) == (2000, 100, "test")
+
+
+def test_fashion_mnist_trials_run_the_dc_protocol_as_the_proxy_preset_does() -> None:
+    sweep, base = load_sweep("sweeps/fashion_mnist.yaml")
+    trial = protocol_for(trial_config(base, sweep, {}, 10), 10)
+    assert dataclasses.replace(trial, name="proxy") == resolve_protocol("proxy", 10)
+    final = protocol_for(final_config(base, sweep, {}, 10), 10)
+    assert final == resolve_protocol("dc", 10)
+
+
+def test_a_pruner_warmup_as_long_as_the_trial_is_rejected(
+    tmp_path: Path, tiny_fmnist: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        tiny_fmnist,
+        tmp_path / "cache",
+        mlflow_store,
+        "warmup",
+        pruner={"name": "median", "warmup_epochs": 2},
+    )
+    assert sweep_main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert "pruner.warmup_epochs (2) is not below the trial's epochs (2)" in err

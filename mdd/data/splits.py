@@ -1,4 +1,5 @@
-"""The validation split: a seeded, stratified hold-out of the training images.
+"""The validation split (a seeded, stratified hold-out of the training images) and other
+seeded per-class draws.
 
 Sweeps tune on this split and never on the test set (METHOD.md section 5).
 """
@@ -40,3 +41,14 @@ def stratified_split(
     val = torch.sort(grouped[is_val]).values
     train = torch.sort(grouped[~is_val]).values
     return train, val
+
+
+def per_class_index(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``per_class`` seeded indices of each class, classes in ascending order: the same
+    labels and seed always give the same images (a judge's training set, a reference set)."""
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        picks.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(picks)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mdd.config import Config
 from mdd.errors import ConfigError
 
 FASHION_MNIST_MEAN = (0.2861,)
@@ -111,14 +112,21 @@ def _proxy(ipc: int) -> Protocol:
 
 
 PROTOCOLS: dict[str, Callable[[int], Protocol]] = {"dc": _dc, "idc": _idc, "proxy": _proxy}
-OVERRIDABLE = ("epochs", "batch_size", "lr", "evaluations")
+OVERRIDABLE = ("epochs", "batch_size", "lr", "evaluations", "eval_split")
+
+# Every protocol normalises a dataset by that dataset's statistics (as the DC and IDC code
+# do), whichever preset supplies the optimiser and augmentation.
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion_mnist": (FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+    "imagenet_subset": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 def resolve_protocol(name: str, ipc: int, overrides: dict[str, Any] | None = None) -> Protocol:
     """The preset ``name`` for ``ipc`` images per class, with non-None overrides applied.
 
-    ``overrides`` takes the ``eval`` section's ``epochs``, ``batch_size``, ``lr`` and
-    ``evaluations``.
+    ``overrides`` takes the ``eval`` section's ``epochs``, ``batch_size``, ``lr``,
+    ``evaluations`` and ``eval_split``.
     """
     if name not in PROTOCOLS:
         raise ConfigError(
@@ -134,3 +142,17 @@ def resolve_protocol(name: str, ipc: int, overrides: dict[str, Any] | None = Non
             f"Hint: only {', '.join(OVERRIDABLE)} can be set."
         )
     return dataclasses.replace(PROTOCOLS[name](ipc), **given)
+
+
+def protocol_for(config: Config, ipc: int) -> Protocol:
+    """The protocol of a run: its preset, its ``eval`` overrides, its dataset's normalisation."""
+    overrides = {
+        "epochs": config.eval.epochs,
+        "batch_size": config.eval.batch_size,
+        "lr": config.eval.lr,
+        "evaluations": config.eval.evaluations,
+        "eval_split": config.eval.split,
+    }
+    protocol = resolve_protocol(config.eval.protocol, ipc, overrides)
+    mean, std = NORMALISATION[config.data.dataset]
+    return dataclasses.replace(protocol, mean=mean, std=std)

@@ -19,8 +19,7 @@ import torch
 from mdd.config import Config
 from mdd.data.surrogate import save_grid
 from mdd.diffusion.sampling import make_labels
-from mdd.eval.reference import judge_cache_path, judge_protocol, train_judge
-from mdd.eval.train import predict
+from mdd.eval.judge import Judge, load_judge
 from mdd.stages.sample import generate_images
 
 if TYPE_CHECKING:
@@ -47,10 +46,10 @@ class ConsistencyResult:
 
 
 def consistency_of(
-    judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+    judge: Judge, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[float, list[float]]:
     """Overall and per-class share of ``images`` the judge assigns to ``labels``."""
-    predicted = predict(judge, images, judge_protocol(), device)
+    predicted = judge.predict(images)
     hits = (predicted == labels).float()
     num_classes = int(labels.max()) + 1
     per_class = torch.zeros(num_classes).index_add_(0, labels, hits)
@@ -65,15 +64,13 @@ def class_consistency(
     started = time.perf_counter()
     data = core.data
     num_classes = len(data.class_names)
-    judge_cache = judge_cache_path(config.cache_dir, data.fingerprint, config.seed)
-    train, device = data.train, core.device
-    judge = train_judge(train.images, train.labels, num_classes, config.seed, judge_cache, device)
-    test_predictions = predict(judge, data.test.images, judge_protocol(), core.device)
+    judge = load_judge(data, config, core.device)
+    test_predictions = judge.predict(data.test.images)
     judge_acc = 100.0 * float((test_predictions == data.test.labels).float().mean())
 
     labels = make_labels(num_classes, per_class)
     images = generate_images(base, labels, base.class_ids, config.sample, config.seed, core.device)
-    consistency, per_class_share = consistency_of(judge, images, labels, core.device)
+    consistency, per_class_share = consistency_of(judge, images, labels)
 
     folder.mkdir(parents=True, exist_ok=True)
     grid = folder / "consistency_grid.png"

@@ -21,21 +21,11 @@ from mdd.config import Config  # noqa: E402
 from mdd.data import DatasetSplits  # noqa: E402
 from mdd.data.load import resize_images  # noqa: E402
 from mdd.data.surrogate import read_surrogate  # noqa: E402
-from mdd.eval.protocols import Protocol, resolve_protocol  # noqa: E402
+from mdd.eval.protocols import protocol_for  # noqa: E402
 from mdd.eval.train import RepeatedResult, evaluate_repeats  # noqa: E402
 
 MetricLogger = Callable[[dict[str, float], int], None]
 AccuracyReport = Callable[[int, float], None]
-
-
-def protocol_for(config: Config, ipc: int) -> Protocol:
-    overrides = {
-        "epochs": config.eval.epochs,
-        "batch_size": config.eval.batch_size,
-        "lr": config.eval.lr,
-        "evaluations": config.eval.evaluations,
-    }
-    return resolve_protocol(config.eval.protocol, ipc, overrides)
 
 
 def _plot_confusion(confusion: list[list[int]], class_names: list[str], title: str, path: Path):

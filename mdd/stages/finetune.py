@@ -8,6 +8,7 @@ frozen weights are the base model's and are not copied.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,34 @@ def prepare_trainable(base: BaseModel, difffit: bool) -> Trainable:
     return Trainable(base, params, initial, counts)
 
 
+@dataclass(frozen=True)
+class FinetuneSummary:
+    """How far the fine-tune moved the sampled model from the base (written as finetune.json)."""
+
+    steps: int
+    epochs: float  # over the training split
+    ema_decay: float
+    # The base weights' share of the EMA after ``steps``: decay ** steps (paper: 0.30).
+    ema_base_share: float
+    # ||sampled - base|| / ||base|| over the trained tensors: 0 means sampling sees the base.
+    weight_distance: float
+
+    def metrics(self) -> dict[str, float]:
+        return {f"finetune/{key}": float(value) for key, value in self.__dict__.items()}
+
+
+def relative_distance(
+    tensors: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> float:
+    """``||tensors - reference|| / ||reference||`` over all named tensors together."""
+    moved = sum(
+        float((tensors[n].detach().double() - r.double()).square().sum())
+        for n, r in reference.items()
+    )
+    scale = sum(float(r.double().square().sum()) for r in reference.values())
+    return (moved / max(scale, 1e-24)) ** 0.5
+
+
 def finetune(
     trainable: Trainable,
     latents: LatentSet,
@@ -86,12 +115,17 @@ def finetune(
     folder: Path,
     device: torch.device,
     log: MetricLogger,
-) -> Path:
+) -> FinetuneSummary:
     """Fine-tune from the base's initial weights; write ``folder/ema.safetensors``.
 
     ``label_map`` maps dataset class indices to the backbone's class ids (identity
-    for a base pretrained by mdd; ImageNet indices for DiT-XL/2).
+    for a base pretrained by mdd; ImageNet indices for DiT-XL/2). The length is
+    ``cfg.steps`` or ``cfg.epochs`` over the cached latents; ``ema_decay: auto``
+    gives the base the paper's share of the EMA at the end.
     """
+    count = latents.labels.shape[0]
+    total = cfg.total_steps(count)
+    decay = cfg.decay_for(total)
     trainable.reset()
     base = trainable.base
     model = base.transformer
@@ -115,9 +149,8 @@ def finetune(
         start = state.step
 
     model.train()
-    count = latents.labels.shape[0]
     last_time, last_step = time.perf_counter(), start
-    for step in tqdm(range(start, cfg.steps), desc="fine-tune", initial=start, total=cfg.steps):
+    for step in tqdm(range(start, total), desc="fine-tune", initial=start, total=total):
         index = torch.randint(count, (cfg.batch_size,), generator=generator)
         x0 = latents.sample(index, generator).to(device)
         classes = latents.labels[index].to(device)
@@ -141,10 +174,10 @@ def finetune(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        update_ema(ema, params, cfg.ema_decay)
+        update_ema(ema, params, decay)
 
         done = step + 1
-        if done % 10 == 0 or done == cfg.steps:
+        if done % 10 == 0 or done == total:
             now = time.perf_counter()
             rate = (done - last_step) / max(now - last_time, 1e-9)
             last_time, last_step = now, done
@@ -157,9 +190,10 @@ def finetune(
                 "finetune/diversity": minimax.diversity.item(),
                 "finetune/lr": cfg.lr,
                 "finetune/steps_per_s": rate,
+                "finetune/ema_base_share": decay**done,
             }
             log(metrics, done)
-        if done % cfg.checkpoint_every_steps == 0 and done < cfg.steps:
+        if done % cfg.checkpoint_every_steps == 0 and done < total:
             trained = {k: v.detach() for k, v in params.items()}
             state = TrainState(done, trained, ema, optimizer.state_dict(), generator.get_state())
             save_checkpoint(checkpoints, state)
@@ -169,8 +203,22 @@ def finetune(
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in ema.items()}, folder / "ema.safetensors"
     )
+    summary = FinetuneSummary(
+        steps=total,
+        epochs=total * cfg.batch_size / count,
+        ema_decay=decay,
+        ema_base_share=decay**total,
+        weight_distance=relative_distance(ema, trainable.initial),
+    )
+    (folder / "finetune.json").write_text(json.dumps(summary.__dict__, indent=2))
     trainable.reset()
-    return folder / "ema.safetensors"
+    return summary
+
+
+def read_summary(folder: Path) -> FinetuneSummary | None:
+    """The summary a finished fine-tune wrote (None for one cached before summaries existed)."""
+    path = folder / "finetune.json"
+    return FinetuneSummary(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def load_finetuned(trainable: Trainable, path: Path) -> None:

@@ -16,15 +16,11 @@ from mdd.baselines import select_herding, select_kcenter, select_random
 from mdd.config import Config
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import write_surrogate
-from mdd.eval.reference import judge_cache_path, judge_protocol, train_judge
-from mdd.eval.train import extract_features
+from mdd.eval.judge import load_judge
 
 
 def _features(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    train = data.train
-    cache = judge_cache_path(config.cache_dir, data.fingerprint, config.seed)
-    net = train_judge(train.images, train.labels, len(data.class_names), config.seed, cache, device)
-    return extract_features(net, train.images, judge_protocol(), device)
+    return load_judge(data, config, device).features(data.train.images)
 
 
 def _random(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:

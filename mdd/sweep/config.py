@@ -87,6 +87,15 @@ class BudgetSpec(Section):
     timeout_s: float | None = Field(None, gt=0)  # per worker
 
 
+class TrialSpec(Section):
+    """A trial's protocol: the final protocol (its normalisation, augmentation and resolution)
+    shortened to ``epochs``, tested ``evaluations`` times on the validation split so a pruner
+    can act. For ``final.protocol: dc`` this is the DC protocol at 200 epochs (``proxy``)."""
+
+    epochs: int = Field(200, ge=1)
+    evaluations: int = Field(10, ge=1)
+
+
 class FinalSpec(Section):
     """The best configuration of each IPC, rerun once with the full protocol on the test set."""
 
@@ -110,6 +119,7 @@ class SweepConfig(Section):
     ipc: list[int] = Field(default_factory=lambda: [10])
     heartbeat_s: int = Field(30, ge=1)  # a trial silent for 2x this is failed and retried
     max_retries: int = Field(2, ge=0)
+    trial: TrialSpec = Field(default_factory=TrialSpec)
     final: FinalSpec = Field(default_factory=FinalSpec)
 
     @model_validator(mode="after")
@@ -120,6 +130,12 @@ class SweepConfig(Section):
             raise ValueError("a multi-objective study cannot be pruned: set pruner.name: none")
         if not self.ipc or min(self.ipc) < 1:
             raise ValueError("ipc: a list of images-per-class values, each at least 1")
+        if self.pruner.name != "none" and self.pruner.warmup_epochs >= self.trial.epochs:
+            raise ValueError(
+                f"pruner.warmup_epochs ({self.pruner.warmup_epochs}) is not below the trial's "
+                f"epochs ({self.trial.epochs}): the pruner could never stop a trial. Hint: "
+                "lower the warm-up, raise trial.epochs, or set pruner.name: none"
+            )
         return self
 
 
@@ -130,11 +146,11 @@ def _grid_and_test_guards(sweep: SweepConfig, source: str) -> None:
                 f"{source}: '{key}' cannot be searched or fixed in a sweep. Hint: IPC is a grid "
                 "axis (list it under 'ipc:'), and accuracy always rises with IPC."
             )
-        if key == "eval.protocol":
+        if key in ("eval.protocol", "eval.split", "eval.epochs", "eval.evaluations"):
             raise ConfigError(
-                f"{source}: '{key}': trials always use the proxy protocol on the validation "
-                "split, so the test split never guides tuning. Hint: set the final rerun "
-                "under 'final:'."
+                f"{source}: '{key}': trials use the final protocol shortened to trial.epochs, "
+                "on the validation split, so the test split never guides tuning. Hint: set "
+                "the trials' length under 'trial:' and the final rerun under 'final:'."
             )
     for objective in sweep.objectives:
         if objective.metric.startswith("test/"):
@@ -145,12 +161,19 @@ def _grid_and_test_guards(sweep: SweepConfig, source: str) -> None:
 
 
 def trial_data(base: dict[str, Any], sweep: SweepConfig, params: dict[str, Any], ipc: int):
-    """The raw config data of one trial: base + fixed + the trial's values + IPC + proxy."""
+    """The raw config data of one trial: base + fixed + the trial's values + IPC + the
+    final protocol shortened to the trial's length, on the validation split."""
     data = apply_overrides(
         copy.deepcopy(base), [f"{key}={_yaml(value)}" for key, value in sweep.fixed.items()]
     )
     data = apply_overrides(data, [f"{key}={_yaml(value)}" for key, value in params.items()])
-    return apply_overrides(data, [f"sample.ipc={ipc}", "eval.protocol=proxy"])
+    protocol = [
+        f"eval.protocol={sweep.final.protocol}",
+        f"eval.epochs={sweep.trial.epochs}",
+        f"eval.evaluations={sweep.trial.evaluations}",
+        "eval.split=val",
+    ]
+    return apply_overrides(data, [f"sample.ipc={ipc}", *protocol])
 
 
 def _yaml(value: Any) -> str:
@@ -193,4 +216,5 @@ def final_config(
     final = sweep.final
     overrides = [f"eval.protocol={final.protocol}", f"eval.repeats={final.repeats}"]
     overrides.append(f"eval.epochs={final.epochs if final.epochs else 'null'}")
+    overrides += ["eval.evaluations=null", "eval.split=test"]
     return build_config(apply_overrides(data, overrides), source=f"sweep {sweep.name} final")

@@ -1,0 +1,114 @@
+"""The judge: a network trained briefly on the real training split, cached on disk.
+
+It decides class consistency (METHOD.md section 4), gives the feature space in which
+herding and k-center pick real images (section 6) and in which the surrogate-set
+diagnostics compare generated and real images. It sees images as the evaluation does:
+normalised by the dataset's own statistics, at the evaluation protocol's resolution.
+Fashion-MNIST's judge is the ConvNet-3 of METHOD.md; an ImageNet subset's is a
+ResNetAP-10, whose pooled 512-d features keep distances and covariances tractable at
+224 px (a ConvNet-3 there has 100,352 features per image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mdd.config import Config
+from mdd.data import DatasetSplits
+from mdd.data.load import resize_images
+from mdd.data.splits import per_class_index
+from mdd.eval.networks import create_network
+from mdd.eval.protocols import NORMALISATION, Protocol, protocol_for, resolve_protocol
+from mdd.eval.train import extract_features, predict, train_network
+
+JUDGE_NETWORKS = {"fashion_mnist": "convnet3", "imagenet_subset": "resnet_ap10"}
+# One judge per dataset and resolution, whatever a run's seed: it is the measuring instrument
+# every run of the dataset is compared with.
+JUDGE_SEED = 0
+
+
+def judge_protocol(config: Config) -> Protocol:
+    """DC's optimiser, ``judge.epochs`` (METHOD.md section 4: 2, about 88 % on Fashion-MNIST's
+    test split) without augmentation; the dataset's normalisation and the evaluation
+    protocol's resolution."""
+    mean, std = NORMALISATION[config.data.dataset]
+    return dataclasses.replace(
+        resolve_protocol("dc", 1),
+        epochs=config.judge.epochs,
+        augmentation="none",
+        milestone_fractions=(),
+        evaluations=1,
+        mean=mean,
+        std=std,
+        image_size=protocol_for(config, config.sample.ipc).image_size,
+    )
+
+
+@dataclass
+class Judge:
+    network: torch.nn.Module
+    protocol: Protocol
+    device: torch.device
+
+    def _sized(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.protocol.image_size
+        return images if size is None else resize_images(images, size)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted classes of uint8 images."""
+        return predict(self.network, self._sized(images), self.protocol, self.device)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features of uint8 images, float32 on the CPU."""
+        return extract_features(self.network, self._sized(images), self.protocol, self.device)
+
+
+def judge_cache_path(config: Config, fingerprint: str) -> Path:
+    protocol = judge_protocol(config)
+    network = JUDGE_NETWORKS[config.data.dataset]
+    size = protocol.image_size or "native"
+    judge = config.judge
+    per_class = f"-{judge.per_class}pc" if judge.per_class else ""
+    name = f"{fingerprint}-{network}-{size}-{judge.epochs}ep{per_class}-seed{JUDGE_SEED}"
+    return config.cache_dir / "judge" / f"{name}.safetensors"
+
+
+def load_judge(data: DatasetSplits, config: Config, device: torch.device) -> Judge:
+    """The judge of ``config``'s dataset: read from the cache, or trained once and cached."""
+    protocol = judge_protocol(config)
+    name = JUDGE_NETWORKS[config.data.dataset]
+    train = data.train
+    channels = train.images.shape[1]
+    size = protocol.image_size or train.images.shape[-1]
+    cache = judge_cache_path(config, data.fingerprint)
+    num_classes = len(data.class_names)
+    if cache.is_file():
+        network = create_network(name, num_classes, channels, size).to(device)
+        network.load_state_dict(load_file(str(cache)))
+        return Judge(network.eval(), protocol, device)
+    if config.judge.per_class is not None:
+        train = train.select(per_class_index(train.labels, config.judge.per_class, JUDGE_SEED))
+    network = train_network(
+        name,
+        resize_images(train.images, size),
+        train.labels,
+        protocol=protocol,
+        num_classes=num_classes,
+        seed=JUDGE_SEED,
+        device=device,
+        progress=True,
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    # Sweep workers may train the same judge at once: each writes its own file, then one
+    # atomic rename wins, so no reader ever sees half a file.
+    partial = cache.with_suffix(f".{os.getpid()}.partial")
+    save_file(state, str(partial))
+    os.replace(partial, cache)
+    return Judge(network.eval(), protocol, device)
