@@ -3,12 +3,12 @@
 For each fine-tuning length (epochs over the training split, EMA decay ``auto``) it
 fine-tunes and samples ``dit`` (weights 0) and ``minimax`` at 1x, 10x and 100x the
 published weights (0.002 / 0.008) with the same seeds, through the real pipeline up to
-the surrogate set (no evaluation), and tabulates per set: the base's share of the EMA,
-the relative distance of the sampled weights from the base, the fine-tuning time, the
-surrogate diagnostics (``mdd.eval.diagnostics``), and the mean absolute pixel difference
-from the ``dit`` set of the same length (0 = the criteria changed nothing). ``--old``
-adds the former default (800 steps, EMA decay 0.9999), and random real images are the
-reference row. Every set is an MLflow run of experiment ``finetune_reach``.
+the surrogate set and its diagnostics (no evaluation), and tabulates per set: the base's
+share of the EMA, the relative distance of the sampled weights from the base, the
+fine-tuning time, the diagnostics (``mdd.eval.diagnostics``), and the mean absolute
+pixel difference from the ``dit`` set of the same length (0 = the criteria changed
+nothing). ``--old`` adds the former default (800 steps, EMA decay 0.9999); random real
+images are the reference row. Every set is an MLflow run of experiment ``finetune_reach``.
 
     .venv/bin/python benchmarks/finetune_reach.py --epochs 1 2 [--old] [--json FILE]
         [--set K=V ...]
@@ -60,7 +60,7 @@ def arm_overrides(scale: int | None, length: list[str]) -> list[str]:
 
 def surrogate_images(core: Core, config_overrides: list[str]) -> Any:
     config = load_config(ROOT / "experiments/fashion_mnist.yaml", config_overrides)
-    made = plan(config, core.data.fingerprint)[-2]
+    made = {stage.name: stage for stage in plan(config, core.data.fingerprint)}["sample"]
     return read_surrogate(made.folder / "data").images.float() / 255
 
 
@@ -84,7 +84,7 @@ def main() -> int:
 
     random_overrides = [*common, "method=random"]
     config = load_config(ROOT / "experiments/fashion_mnist.yaml", random_overrides)
-    result = run_with_core(core, config, tracker, {"mdd.benchmark": "finetune_reach"}, "select")
+    result = run_with_core(core, config, tracker, {"mdd.benchmark": "finetune_reach"}, "diagnose")
     rows.append({"length": "-", "set": "random real", **result.metrics})
 
     for length, length_overrides in lengths.items():
@@ -93,7 +93,7 @@ def main() -> int:
             overrides = [*common, *arm_overrides(scale, length_overrides)]
             config = load_config(ROOT / "experiments/fashion_mnist.yaml", overrides)
             tags = {"mdd.benchmark": "finetune_reach", "mdd.arm": f"{length} / {name}"}
-            result = run_with_core(core, config, tracker, tags, "sample")
+            result = run_with_core(core, config, tracker, tags, "diagnose")
             images = surrogate_images(core, overrides)
             if reference is None:
                 reference = images

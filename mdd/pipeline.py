@@ -152,6 +152,10 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         ipc = None if config.method == "full" else config.sample.ipc
         made = _digest(fingerprint, config.method, ipc, config.seed)
         stages.append(Stage("select", made, root / "surrogate" / made))
+    if config.judge.diagnostics:
+        # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.
+        measured = _digest(made, config.judge.model_dump(mode="json"), "diagnose")
+        stages.append(Stage("diagnose", measured, root / "diagnostics" / measured))
     judged = _digest(made, config.eval.model_dump(mode="json"), config.seed)
     stages.append(Stage("evaluate", judged, root / "eval" / judged))
     return stages
@@ -307,7 +311,6 @@ def _run_sample(state: RunState) -> None:
     state.surrogate = folder
     state.run.log_artifact(folder / "grid.png")
     state.run.log_artifact(folder, "surrogate")
-    _diagnose(state)
 
 
 def _run_select(state: RunState) -> None:
@@ -318,29 +321,25 @@ def _run_select(state: RunState) -> None:
         select_surrogate(state.core.data, state.config, folder, state.core.device)
     state.surrogate = folder
     state.run.log_artifact(folder / "grid.png")
-    _diagnose(state)
 
 
-def _diagnose(state: RunState) -> None:
-    """The surrogate set's diagnostics (``mdd.eval.diagnostics``), computed once per set."""
+def _run_diagnose(state: RunState) -> None:
+    """The surrogate set's diagnostics beside the real data (``mdd.eval.diagnostics``)."""
     from mdd.data.surrogate import read_surrogate
     from mdd.eval.diagnostics import RealData, diagnose
     from mdd.eval.judge import load_judge
 
     assert state.surrogate is not None
-    if not state.config.judge.diagnostics:
-        return
     path = state.stage.folder / "diagnostics.json"
-    if path.is_file():
-        values = json.loads(path.read_text())
-    else:
+    if not state.was_cached:
         data = state.core.data
         surrogate = read_surrogate(state.surrogate)
         judge = load_judge(data, state.config, state.core.device)
         real = RealData(data.train.images, data.train.labels, data.test.images)
         values = diagnose(surrogate.images, surrogate.labels, judge, real)
+        state.stage.folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values, indent=2))
-    metrics = {f"surrogate/{name}": value for name, value in values.items()}
+    metrics = {f"surrogate/{k}": v for k, v in json.loads(path.read_text()).items()}
     state.run.log_metrics(metrics)
     state.metrics.update(metrics)
 
@@ -370,6 +369,7 @@ STAGE_RUNNERS: dict[str, Callable[[RunState], None]] = {
     "finetune": _run_finetune,
     "sample": _run_sample,
     "select": _run_select,
+    "diagnose": _run_diagnose,
     "evaluate": _run_evaluate,
 }
 
@@ -399,8 +399,8 @@ def execute(
 ) -> RunResult:
     """Run every stage of ``config`` under ``parent``; cached stages are reused, not rerun.
 
-    ``until`` names the last stage to run (``sample``: a surrogate set and its diagnostics,
-    no evaluation).
+    ``until`` names the last stage to run (``diagnose``: a surrogate set and its
+    diagnostics, no evaluation).
 
     A stage that fails is recorded as a FAILED nested run (and the parent too) before
     the error reaches the command line as one message. ``report(epoch, acc)`` hears the

@@ -50,7 +50,7 @@ def test_tiny_pretrain_finetune_sample_evaluate_end_to_end(
     assert parent.data.params["finetune.lambda_r"] == "0.002"
     assert "val/convnet3/last_acc_mean" in parent.data.metrics
     assert "val/convnet3/best_acc_mean" in parent.data.metrics
-    for name in ("pretrain", "finetune", "sample", "evaluate"):
+    for name in ("pretrain", "finetune", "sample", "diagnose", "evaluate"):
         child = runs[name][0]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.metrics["wall_s"] > 0
@@ -62,7 +62,7 @@ def test_tiny_pretrain_finetune_sample_evaluate_end_to_end(
     assert finetune_run.data.metrics["finetune/steps"] == 6
     assert finetune_run.data.metrics["finetune/ema_base_share"] == pytest.approx(0.9999**12000)
     assert finetune_run.data.metrics["finetune/weight_distance"] > 0
-    diagnostics = runs["sample"][0].data.metrics
+    diagnostics = runs["diagnose"][0].data.metrics
     for name in ("class_consistency", "intra_cosine_pixels", "precision", "frechet_features"):
         assert f"surrogate/{name}" in diagnostics
         assert f"surrogate/{name}" in parent.data.metrics

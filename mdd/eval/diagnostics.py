@@ -107,23 +107,26 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = PRDC_K) -> dict[str, f
     }
 
 
-def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
-
-
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` of two feature sets.
+    """``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^1/2)`` of two feature sets.
 
-    The cross term uses the symmetric form, whose trace equals that of ``(S_a S_b)^1/2``
-    and which an eigendecomposition computes stably for singular covariances.
+    With centred data ``A`` [n_a, d] and ``B`` [n_b, d], ``S_a S_b`` has the nonzero
+    eigenvalues of ``(A B^T)(A B^T)^T / ((n_a - 1)(n_b - 1))``, an n x n matrix for the
+    smaller n: no d x d covariance is formed, which keeps this exact and fast for a
+    100-image set in 2048 features.
     """
     a, b = a.double(), b.double()
     mean_term = (a.mean(dim=0) - b.mean(dim=0)).square().sum()
-    cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
-    root_a = _sqrtm_psd(cov_a)
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * cross)
+    centred_a, centred_b = a - a.mean(dim=0), b - b.mean(dim=0)
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    cross = centred_a @ centred_b.T  # [n_a, n_b]
+    gram = cross @ cross.T if len(a) <= len(b) else cross.T @ cross
+    values = torch.linalg.eigvalsh(gram / (scale_a * scale_b))
+    # Beyond the rank (n > d) the eigenvalues are rounding noise, whose square roots add up.
+    values = values.masked_fill(values < values.max() * 1e-12, 0.0)
+    roots = values.sqrt().sum()
+    traces = centred_a.square().sum() / scale_a + centred_b.square().sum() / scale_b
+    return float(mean_term + traces - 2 * roots)
 
 
 def diagnose(
