@@ -66,11 +66,17 @@ def surrogate_images(core: Core, config_overrides: list[str]) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--epochs", type=float, nargs="*", default=[1.0, 2.0])
+    parser.add_argument(
+        "--sets", nargs="+", choices=list(SCALES), default=list(SCALES), help="sets to make"
+    )
     parser.add_argument("--old", action="store_true", help="add 800 steps, EMA decay 0.9999")
     parser.add_argument("--json", type=Path)
     add_set_argument(parser)
     args = parser.parse_args()
+    if "dit" not in args.sets:
+        parser.error("--sets must include dit: the pixel difference is measured against it")
+    sets = [name for name in SCALES if name in args.sets]  # dit first
 
     lengths = {f"{e:g} epochs": [f"finetune.epochs={e}"] for e in args.epochs}
     if args.old:
@@ -89,7 +95,8 @@ def main() -> int:
 
     for length, length_overrides in lengths.items():
         reference = None
-        for name, scale in SCALES.items():
+        for name in sets:
+            scale = SCALES[name]
             overrides = [*common, *arm_overrides(scale, length_overrides)]
             config = load_config(ROOT / "experiments/fashion_mnist.yaml", overrides)
             tags = {"mdd.benchmark": "finetune_reach", "mdd.arm": f"{length} / {name}"}

@@ -114,7 +114,7 @@ class FinetuneConfig(Section):
     memory_size: int = Field(64, ge=1)
     difffit: bool = True  # train only the DiffFit subset (METHOD.md section 3)
     # The run's length: epochs over the training split, or steps; give one of the two.
-    epochs: float | None = Field(2.0, gt=0)
+    epochs: float | None = Field(1.0, gt=0)
     steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -326,7 +326,7 @@ def _run_select(state: RunState) -> None:
 def _run_diagnose(state: RunState) -> None:
     """The surrogate set's diagnostics beside the real data (``mdd.eval.diagnostics``)."""
     from mdd.data.surrogate import read_surrogate
-    from mdd.eval.diagnostics import RealData, diagnose
+    from mdd.eval.diagnostics import diagnose, real_data
     from mdd.eval.judge import load_judge
 
     assert state.surrogate is not None
@@ -335,8 +335,7 @@ def _run_diagnose(state: RunState) -> None:
         data = state.core.data
         surrogate = read_surrogate(state.surrogate)
         judge = load_judge(data, state.config, state.core.device)
-        real = RealData(data.train.images, data.train.labels, data.test.images)
-        values = diagnose(surrogate.images, surrogate.labels, judge, real)
+        values = diagnose(surrogate.images, surrogate.labels, judge, real_data(data))
         state.stage.folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values, indent=2))
     metrics = {f"surrogate/{k}": v for k, v in json.loads(path.read_text()).items()}

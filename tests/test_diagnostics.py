@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from mdd.data import load_dataset
 from mdd.data.splits import per_class_index
 from mdd.eval.diagnostics import (
     RealData,
@@ -17,6 +18,7 @@ from mdd.eval.diagnostics import (
     intra_class_cosine,
     nearest_cosine,
     prdc,
+    real_data,
 )
 from mdd.eval.judge import Judge
 from mdd.eval.networks import create_network
@@ -94,15 +96,16 @@ def _judge() -> Judge:
 
 
 def _real() -> RealData:
+    """Random images of two classes; the training split is also the reference (no val)."""
     g = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (40, 1, 28, 28), generator=g, dtype=torch.uint8)
     test = torch.randint(0, 256, (10, 1, 28, 28), generator=g, dtype=torch.uint8)
-    return RealData(train, torch.arange(40) % 2, test)
+    return RealData(train, torch.arange(40) % 2, train, test)
 
 
 def test_copies_of_training_images_are_flagged_as_memorised() -> None:
     real = _real()
-    values = diagnose(real.train_images[:6], real.train_labels[:6], _judge(), real)
+    values = diagnose(real.train_images[:6], real.reference_labels[:6], _judge(), real)
     assert values["nearest_train_cosine"] == pytest.approx(1.0)
     assert values["nearest_test_cosine"] < 0.9
     assert values["nearest_real_cosine"] == pytest.approx(1.0)
@@ -115,3 +118,14 @@ def test_one_image_repeated_per_class_has_no_diversity() -> None:
     values = diagnose(images, torch.tensor([0, 1] * 3), _judge(), real)
     assert values["intra_cosine_pixels"] == pytest.approx(1.0)
     assert values["intra_cosine_features"] == pytest.approx(1.0)
+
+
+def test_the_real_reference_is_the_validation_split_which_no_selected_set_contains(
+    tiny_config,
+) -> None:
+    data = load_dataset(tiny_config.data)
+    real = real_data(data)
+    assert real.reference_images is data.val.images
+    assert real.train_images is data.train.images
+    no_val = load_dataset(tiny_config.data.model_copy(update={"val_per_class": 0}))
+    assert real_data(no_val).reference_images is no_val.train.images

@@ -19,8 +19,9 @@ selected, in the judge's feature space (``mdd.eval.judge``) and in pixels:
 - ``frechet_features``: Fréchet distance between Gaussians fitted to the set's and the
   real reference's judge features (biased upwards for small sets: compare equal sizes).
 
-The real reference is up to ``REFERENCE_PER_CLASS`` training images per class, drawn
-with a fixed seed, so two sets of one dataset are always compared with the same images.
+The real reference is up to ``REFERENCE_PER_CLASS`` validation images per class (see
+``RealData``), drawn with a fixed seed, so two sets of one dataset are always compared
+with the same images.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
 from mdd.data.splits import per_class_index
 from mdd.eval.judge import Judge
@@ -40,11 +42,22 @@ PIXEL_CHUNK = 512  # real images compared at once: 300 MB of float32 at 224 px R
 
 @dataclass(frozen=True)
 class RealData:
-    """The real images the diagnostics compare with (uint8, [n, c, h, w])."""
+    """The real images the diagnostics compare with (uint8, [n, c, h, w]).
 
+    ``reference`` is what "real images of the class" means for representativeness: the
+    validation split, which no selected set can contain (a set drawn from the training
+    split would otherwise find itself there), or the training split when there is none.
+    """
+
+    reference_images: torch.Tensor
+    reference_labels: torch.Tensor
     train_images: torch.Tensor
-    train_labels: torch.Tensor
     test_images: torch.Tensor
+
+
+def real_data(data: DatasetSplits) -> RealData:
+    reference = data.val if len(data.val) > 0 else data.train
+    return RealData(reference.images, reference.labels, data.train.images, data.test.images)
 
 
 def _unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -134,9 +147,9 @@ def diagnose(
 ) -> dict[str, float]:
     """Every diagnostic of a surrogate set (uint8 ``images`` [n, c, h, w], ``labels`` [n])."""
     labels = labels.long()
-    reference = per_class_index(real.train_labels, REFERENCE_PER_CLASS)
-    real_labels = real.train_labels[reference].long()
-    real_features = judge.features(real.train_images[reference]).double()
+    reference = per_class_index(real.reference_labels, REFERENCE_PER_CLASS)
+    real_labels = real.reference_labels[reference].long()
+    real_features = judge.features(real.reference_images[reference]).double()
     features = judge.features(images).double()
 
     nearest_real, per_class_prdc = [], []
