@@ -52,6 +52,7 @@ def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
         "pretrain": "FINISHED",
         "finetune": "FINISHED",
         "sample": "FINISHED",
+        "diagnose": "FINISHED",
         "evaluate": "KILLED",
     }
     assert "interrupted" in log.read_text()
