@@ -8,8 +8,8 @@ selected, in the judge's feature space (``mdd.eval.judge``) and in pixels:
 - ``class_consistency``: share of images the judge assigns to their label;
 - ``intra_cosine_features`` / ``intra_cosine_pixels``: mean cosine similarity between two
   different images of one class (lower = more diverse), averaged over classes;
-- ``nearest_real_cosine``: each image's highest cosine similarity to a real training image
-  of its class, in judge features, averaged (higher = closer to the real data);
+- ``nearest_real_cosine``: each image's highest cosine similarity to a real reference
+  image of its class, in judge features, averaged (higher = closer to the real data);
 - ``precision``, ``recall``, ``density``, ``coverage``: Naeem et al. 2020 ("Reliable
   fidelity and diversity metrics for generative models", k = 5), per class against the
   class's real reference images, averaged over classes;
@@ -56,6 +56,7 @@ class RealData:
 
 
 def real_data(data: DatasetSplits) -> RealData:
+    """The comparison images of a dataset: validation split as reference when it has one."""
     reference = data.val if len(data.val) > 0 else data.train
     return RealData(reference.images, reference.labels, data.train.images, data.test.images)
 
