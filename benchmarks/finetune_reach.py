@@ -26,9 +26,10 @@ from typing import Any
 from speed import hardware
 
 from mdd.cli import add_set_argument
-from mdd.config import load_config
+from mdd.config import Config, load_config
 from mdd.data.surrogate import read_surrogate
 from mdd.pipeline import Core, plan, run_with_core
+from mdd.report import DIAGNOSTICS
 from mdd.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,16 +39,7 @@ COLUMNS = (
     "finetune/ema_base_share",
     "finetune/weight_distance",
     "wall_s/finetune",
-    "surrogate/class_consistency",
-    "surrogate/intra_cosine_pixels",
-    "surrogate/intra_cosine_features",
-    "surrogate/nearest_real_cosine",
-    "surrogate/precision",
-    "surrogate/recall",
-    "surrogate/density",
-    "surrogate/coverage",
-    "surrogate/nearest_train_cosine",
-    "surrogate/frechet_features",
+    *(f"surrogate/{name}" for name in DIAGNOSTICS),
 )
 
 
@@ -58,8 +50,7 @@ def arm_overrides(scale: int | None, length: list[str]) -> list[str]:
     return ["method=minimax", f"finetune.lambda_r={lr}", f"finetune.lambda_d={ld}", *length]
 
 
-def surrogate_images(core: Core, config_overrides: list[str]) -> Any:
-    config = load_config(ROOT / "experiments/fashion_mnist.yaml", config_overrides)
+def surrogate_images(core: Core, config: Config) -> Any:
     made = {stage.name: stage for stage in plan(config, core.data.fingerprint)}["sample"]
     return read_surrogate(made.folder / "data").images.float() / 255
 
@@ -101,7 +92,7 @@ def main() -> int:
             config = load_config(ROOT / "experiments/fashion_mnist.yaml", overrides)
             tags = {"mdd.benchmark": "finetune_reach", "mdd.arm": f"{length} / {name}"}
             result = run_with_core(core, config, tracker, tags, "diagnose")
-            images = surrogate_images(core, overrides)
+            images = surrogate_images(core, config)
             if reference is None:
                 reference = images
             difference = float((images - reference).abs().mean())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from mdd.data.splits import per_class_index
 from mdd.errors import DataError
 
 
@@ -37,9 +38,8 @@ def _class_members(labels: torch.Tensor, ipc: int) -> list[torch.Tensor]:
 
 
 def select_random(labels: torch.Tensor, ipc: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    members = _class_members(labels.cpu(), ipc)
-    return torch.cat([m[torch.randperm(len(m), generator=generator)[:ipc]] for m in members])
+    _class_members(labels.cpu(), ipc)  # every class must hold ipc images
+    return per_class_index(labels.cpu(), ipc, seed)
 
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from mdd.data import DatasetSplits, load_dataset
 from mdd.data.folders import imagenet_indices
 from mdd.data.latents import LatentSet, cached_latents
 from mdd.errors import MddError, StageError
+from mdd.eval.judge import judge_cache_path, load_judge
 from mdd.runtime import pick_device, seed_everything
 from mdd.stages.finetune import (
     Trainable,
@@ -154,7 +155,8 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         stages.append(Stage("select", made, root / "surrogate" / made))
     if config.judge.diagnostics:
         # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.
-        measured = _digest(made, config.judge.model_dump(mode="json"), "diagnose")
+        # The judge's file name holds all that makes it (network, resolution, epochs, ...).
+        measured = _digest(made, judge_cache_path(config, fingerprint).name, "diagnose")
         stages.append(Stage("diagnose", measured, root / "diagnostics" / measured))
     judged = _digest(made, config.eval.model_dump(mode="json"), config.seed)
     stages.append(Stage("evaluate", judged, root / "eval" / judged))
@@ -265,9 +267,11 @@ def _run_finetune(state: RunState) -> None:
     assert state.trainable is not None
     state.run.log_params({f"difffit.{k}": v for k, v in state.trainable.selection.items()})
     state.run.log_params({"finetune": effective_finetune(state.config)})
-    if not state.was_cached:
+    if state.was_cached:
+        summary = read_summary(state.stage.folder)
+    else:
         tuned = state.config.finetune.model_copy(update=effective_finetune(state.config))
-        finetune(
+        summary = finetune(
             state.trainable,
             state.core.latents,
             state.label_map,
@@ -277,10 +281,8 @@ def _run_finetune(state: RunState) -> None:
             state.core.device,
             state.log,
         )
-    summary = read_summary(state.stage.folder)
-    if summary is not None:  # None: fine-tuned by a version that wrote no summary
-        state.run.log_metrics(summary.metrics())
-        state.metrics.update(summary.metrics())
+    state.run.log_metrics(summary.metrics())
+    state.metrics.update(summary.metrics())
     state.finetuned = state.stage.folder / "ema.safetensors"
 
 
@@ -327,7 +329,6 @@ def _run_diagnose(state: RunState) -> None:
     """The surrogate set's diagnostics beside the real data (``mdd.eval.diagnostics``)."""
     from mdd.data.surrogate import read_surrogate
     from mdd.eval.diagnostics import diagnose, real_data
-    from mdd.eval.judge import load_judge
 
     assert state.surrogate is not None
     path = state.stage.folder / "diagnostics.json"

@@ -215,10 +215,9 @@ def finetune(
     return summary
 
 
-def read_summary(folder: Path) -> FinetuneSummary | None:
-    """The summary a finished fine-tune wrote (None for one cached before summaries existed)."""
-    path = folder / "finetune.json"
-    return FinetuneSummary(**json.loads(path.read_text())) if path.is_file() else None
+def read_summary(folder: Path) -> FinetuneSummary:
+    """The summary a finished fine-tune wrote into its folder."""
+    return FinetuneSummary(**json.loads((folder / "finetune.json").read_text()))
 
 
 def load_finetuned(trainable: Trainable, path: Path) -> None:
