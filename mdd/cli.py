@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mdd.errors import MddError
 
@@ -72,18 +73,43 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ui(args: argparse.Namespace) -> int:
-    from mdd.config import TrackingConfig, load_config
-    from mdd.tracking import redact, tracking_uri
+def _ui_tracking(path: str | None, experiment: str | None):
+    """The tracking settings of an experiment file or of a sweep file (as its workers use)."""
+    import yaml
 
-    tracking = load_config(args.config).tracking if args.config else TrackingConfig()
+    from mdd.config import TrackingConfig, load_config
+
+    if path is None:
+        tracking = TrackingConfig()
+    elif isinstance(data := yaml.safe_load(Path(path).read_text()), dict) and "space" in data:
+        from mdd.sweep.config import load_sweep, trial_config
+
+        sweep, base = load_sweep(path)
+        tracking = sweep.tracking or trial_config(base, sweep, {}, sweep.ipc[0]).tracking
+    else:
+        tracking = load_config(path).tracking
+    return tracking.model_copy(update={"experiment": experiment}) if experiment else tracking
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from mdd.tracking import experiment_id, finished_runs, redact, tracking_uri
+    from mdd.ui import links
+
+    tracking = _ui_tracking(args.config, args.experiment)
     uri = tracking_uri(tracking)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {redact(uri)} on {base}", flush=True)
+    found = experiment_id(tracking)
+    if found is None:
+        print(f"experiment '{tracking.experiment}' has no runs yet", flush=True)
+    else:
+        for line in links(base, found, finished_runs(tracking)):
+            print(line, flush=True)
     # The mlflow beside this interpreter (the venv's); loopback unless asked otherwise,
     # since the UI has no authentication.
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     command = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host]
     command += ["--port", str(args.port)]
-    print(f"MLflow UI for {redact(uri)} on http://{args.host}:{args.port}", flush=True)
     return subprocess.call(command)
 
 
@@ -165,7 +191,10 @@ def _mdd_parser() -> argparse.ArgumentParser:
     data.set_defaults(body=_cmd_data)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on the same store")
-    ui.add_argument("config", nargs="?", help="experiment YAML (for tracking settings)")
+    ui.add_argument(
+        "config", nargs="?", help="experiment or sweep YAML (for its tracking settings)"
+    )
+    ui.add_argument("--experiment", help="MLflow experiment to link (default: the config's)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(body=_cmd_ui)

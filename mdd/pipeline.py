@@ -39,6 +39,7 @@ from mdd.stages.finetune import (
 from mdd.stages.pretrain import BaseModel, load_base, load_pretrained_base, pretrain_base
 from mdd.stages.sample import sample_surrogate
 from mdd.tracking import RunHandle, Tracker, provenance_tags
+from mdd.ui import headline_metrics
 
 GENERATIVE = ("minimax", "dit")
 
@@ -495,7 +496,7 @@ def run_with_core(
         parent.log_params(config.to_dict())
         parent.log_config(config)
         result = execute(core, config, tracker, parent, until=until)
-        parent.log_metrics(result.metrics)
+        parent.log_metrics(result.metrics | headline_metrics(result.metrics))
     return result
 
 

@@ -27,6 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mdd.config import Config, TrackingConfig
 from mdd.errors import MddError, Pruned
+from mdd.ui import VIEW_TAG, expanded_runs, experiment_tags, view_state
 
 DEFAULT_STORE = "runs/mlflow.db"
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value
@@ -191,6 +192,8 @@ class Tracker:
         try:
             found = self.client.get_experiment_by_name(cfg.experiment)
             if found is not None:
+                if VIEW_TAG not in found.tags:  # made by an older mdd or by hand
+                    self._tag_experiment(found.experiment_id, experiment_tags())
                 return found.experiment_id
             # A local store keeps artifacts beside it under runs/; a tracking server
             # decides its own artifact location.
@@ -198,7 +201,9 @@ class Tracker:
             if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
                 location = (Path.cwd() / cfg.artifact_root).resolve().as_uri()
             try:
-                return self.client.create_experiment(cfg.experiment, artifact_location=location)
+                return self.client.create_experiment(
+                    cfg.experiment, artifact_location=location, tags=experiment_tags()
+                )
             except MlflowException:
                 # Another worker created it between our lookup and our create.
                 found = self.client.get_experiment_by_name(cfg.experiment)
@@ -210,6 +215,16 @@ class Tracker:
                 f"MLflow tracking store {redact(self.uri)} is not usable: {redact(str(exc))}. "
                 "Hint: check tracking.uri / MLFLOW_TRACKING_URI and that the server is up."
             ) from None
+
+    def _tag_experiment(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
+
+    def unfold_in_view(self, run_id: str) -> None:
+        """Show ``run_id``'s nested runs (a sweep's trials) unfolded in the saved view."""
+        view = self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG)
+        expanded = [*expanded_runs(view), run_id]
+        self._tag_experiment(self.experiment_id, {VIEW_TAG: view_state(expanded)})
 
     @contextmanager
     def run(
@@ -265,6 +280,15 @@ class Tracker:
         return self.client.search_runs(
             [self.experiment_id], filter_string=filter_string, max_results=max_results
         )
+
+
+def experiment_id(cfg: TrackingConfig) -> str | None:
+    """The id of ``cfg.experiment`` in its store, None if it does not exist (yet)."""
+    try:
+        found = _client(tracking_uri(cfg)).get_experiment_by_name(cfg.experiment)
+    except MlflowException:
+        return None
+    return found.experiment_id if found is not None else None
 
 
 def finished_runs(cfg: TrackingConfig) -> list[dict[str, Any]]:

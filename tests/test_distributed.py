@@ -204,28 +204,36 @@ def test_two_workers_on_postgres_complete_every_trial_once_under_one_parent(
                 assert PASSWORD.encode() not in file.read_bytes(), file
 
 
+def running_trial_with_params(storage: str, name: str) -> optuna.trial.FrozenTrial | None:
+    """The study's running trial once its parameters are in the storage, else None."""
+    try:
+        trials = load_study(storage, name).get_trials(deepcopy=False)
+    except KeyError:  # the worker has not created the study yet
+        return None
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.params]
+    return running[0] if running else None
+
+
 def test_killed_worker_trial_is_failed_retried_and_its_runs_closed(
     databases, mlflow_server, tiny_fmnist: Path, shared_cache: Path, tmp_path: Path
 ) -> None:
     sweep = write_sweep(tmp_path, tiny_fmnist, shared_cache, "pg-kill", budget={"n_trials": 3})
     storage = databases["optuna"]
     victim = start_worker(sweep, storage, mlflow_server, tmp_path / "victim.log")
-    # Kill the first worker in the middle of its first trial (its MLflow run exists).
+    # Kill the first worker in the middle of its first trial, once the trial's parameters
+    # are stored (on a busy machine the kill could otherwise land before them: that
+    # earlier death is the next test's case).
     deadline = time.monotonic() + 300
-    killed = False
-    while time.monotonic() < deadline and not killed:
-        running = [
-            r
-            for r in experiment_runs(mlflow_server, "pg-kill")
-            if r.data.tags.get("mdd.worker_pid") == str(victim.pid) and r.info.status == "RUNNING"
-        ]
-        if running:
+    while time.monotonic() < deadline:
+        trial = running_trial_with_params(storage, "pg-kill-ipc2")
+        if trial is not None:
             victim.send_signal(signal.SIGKILL)
-            killed = True
-        elif victim.poll() is not None:
+            break
+        if victim.poll() is not None:
             pytest.fail((tmp_path / "victim.log").read_text())
         time.sleep(0.3)
-    assert killed, "the first worker never started a trial"
+    else:
+        pytest.fail("the first worker never stored a trial's parameters within 300 s")
     victim.wait(timeout=30)
     survivor = start_worker(sweep, storage, mlflow_server, tmp_path / "survivor.log")
     assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()
@@ -234,14 +242,60 @@ def test_killed_worker_trial_is_failed_retried_and_its_runs_closed(
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(complete) == 3  # the request, despite the lost trial
-    assert len(failed) == 1
+    assert [t.number for t in failed] == [trial.number]
     retried = [t for t in complete if t.system_attrs.get("failed_trial") == failed[0].number]
-    assert len(retried) == 1 and retried[0].params == failed[0].params
+    assert len(retried) == 1 and retried[0].params == failed[0].params == trial.params
     runs = experiment_runs(mlflow_server, "pg-kill")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     lost = [r for r in runs if r.info.run_id == failed[0].user_attrs["mlflow_run_id"]][0]
     assert lost.info.status == "KILLED"
     assert "no heartbeat" in lost.data.tags["mdd.error"]
+
+
+# A real worker that dies right after asking for its trial: its heartbeat is stored, its
+# parameters and MLflow run are not.
+DIES_AFTER_ASKING = """
+import os, signal, sys
+from mdd.sweep.worker import Worker
+
+class DiesAfterAsking(Worker):
+    def run_trial(self, study, trial, ipc, parent):
+        self.storage.record_heartbeat(trial._trial_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+DiesAfterAsking(sys.argv[1], sys.argv[2], None).run()
+"""
+
+
+def test_worker_killed_before_its_parameters_leaves_a_failed_trial_and_a_full_sweep(
+    databases, mlflow_server, tiny_fmnist: Path, shared_cache: Path, tmp_path: Path
+) -> None:
+    sweep = write_sweep(tmp_path, tiny_fmnist, shared_cache, "pg-early", budget={"n_trials": 3})
+    storage = databases["optuna"]
+    env = {**os.environ, "PGPASSWORD": PASSWORD, "MLFLOW_TRACKING_URI": mlflow_server}
+    victim = subprocess.run(
+        [sys.executable, "-c", DIES_AFTER_ASKING, str(sweep), storage],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert victim.returncode == -signal.SIGKILL, victim.stderr
+    [asked] = load_study(storage, "pg-early-ipc2").trials
+    assert asked.state == optuna.trial.TrialState.RUNNING and asked.params == {}
+
+    survivor = start_worker(sweep, storage, mlflow_server, tmp_path / "survivor.log")
+    assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()
+    trials = load_study(storage, "pg-early-ipc2").trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(complete) == 3  # the request, despite the lost trial
+    assert [t.number for t in failed] == [asked.number]
+    assert [t.system_attrs.get("failed_trial") for t in complete].count(asked.number) == 1
+    assert all(t.params for t in complete)  # the retry drew its own values
+    runs = experiment_runs(mlflow_server, "pg-early")
+    trial_runs = [r for r in runs if "mdd.trial_number" in r.data.tags]
+    assert len(trial_runs) == 3 and {r.info.status for r in trial_runs} == {"FINISHED"}
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -55,4 +56,8 @@ def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
         "diagnose": "FINISHED",
         "evaluate": "KILLED",
     }
-    assert "interrupted" in log.read_text()
+    text = log.read_text()
+    assert "interrupted" in text
+    # Written to a file, progress is whole lines (mdd/progress.py), not redrawn bars.
+    assert "\r" not in text
+    assert re.search(r"^fine-tune: (\d+)/\1 \(100 %\)", text, re.MULTILINE), text

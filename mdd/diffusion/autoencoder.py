@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from mdd.config import AutoencoderConfig
 from mdd.errors import ConfigError, DataError, StageError
+from mdd.progress import progress_bar
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -284,7 +284,7 @@ def train_conv_autoencoder(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     model.train()
     step = 0
-    with tqdm(total=total_steps, desc="autoencoder", disable=not progress) as bar:
+    with progress_bar(total=total_steps, desc="autoencoder", disable=not progress) as bar:
         while step < total_steps:
             order = torch.randperm(images.shape[0], generator=shuffler).to(device)
             for batch_indices in order.split(batch_size)[: total_steps - step]:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
 from mdd.errors import ConfigError
+from mdd.progress import progress_bar
 
 SchedulerKind = Literal["ddpm", "ddim"]
 
@@ -135,7 +135,7 @@ def sample_latents(
     try:
         with torch.inference_mode():
             starts = range(0, len(labels), batch_size)
-            for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
+            for start in progress_bar(starts, desc="sampling", unit="batch", disable=not progress):
                 stop = min(start + batch_size, len(labels))
                 latents[start:stop] = _sample_batch(
                     model,

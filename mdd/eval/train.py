@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mdd.errors import ConfigError, DataError
 from mdd.eval.augment import Draws, cutmix, dsa_augment, idc_augment
 from mdd.eval.ensemble import Ensemble
 from mdd.eval.networks import create_network
 from mdd.eval.protocols import Protocol, lr_milestones
+from mdd.progress import progress_bar
 from mdd.runtime import seed_everything
 
 TEST_BATCH = 1024
@@ -223,7 +223,7 @@ def train_group(
     batch_size = min(protocol.batch_size, n)  # a tiny surrogate set is one whole batch
     histories: list[list[tuple[int, float, float]]] = [[] for _ in seeds]
     epochs = range(1, protocol.epochs + 1)
-    for epoch in tqdm(epochs, desc=network, disable=not progress, leave=False):
+    for epoch in progress_bar(epochs, desc=network, disable=not progress, leave=False):
         ensemble.train()
         orders = torch.stack([torch.randperm(n, generator=g) for g in draws.generators])
         orders = orders.to(device)

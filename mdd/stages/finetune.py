@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from mdd.config import FinetuneConfig
 from mdd.data.latents import LatentSet
@@ -31,6 +30,7 @@ from mdd.diffusion.training import (
     update_ema,
 )
 from mdd.minimax import MinimaxCriteria
+from mdd.progress import progress_bar
 from mdd.runtime import autocast
 from mdd.stages.pretrain import BaseModel
 
@@ -150,7 +150,7 @@ def finetune(
 
     model.train()
     last_time, last_step = time.perf_counter(), start
-    for step in tqdm(range(start, total), desc="fine-tune", initial=start, total=total):
+    for step in progress_bar(range(start, total), desc="fine-tune", initial=start, total=total):
         index = torch.randint(count, (cfg.batch_size,), generator=generator)
         x0 = latents.sample(index, generator).to(device)
         classes = latents.labels[index].to(device)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from diffusers import DiTTransformer2DModel
-from tqdm import tqdm
 
 from mdd.config import Config
 from mdd.data import ImageSet
@@ -45,6 +44,7 @@ from mdd.diffusion.training import (
     update_ema,
     warmup_lr,
 )
+from mdd.progress import progress_bar
 
 MetricLogger = Callable[[dict[str, float], int], None]
 
@@ -143,7 +143,7 @@ def pretrain_transformer(
 
     model.train()
     last_time, last_step = time.perf_counter(), start
-    progress = tqdm(
+    progress = progress_bar(
         range(start, total_steps), desc="pretrain DiT", initial=start, total=total_steps
     )
     for step in progress:

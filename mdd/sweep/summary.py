@@ -115,6 +115,8 @@ def log_study_summary(
     parent.log_metrics({f"trials/{state}": count for state, count in counts.items()})
     if best is not None:
         parent.log_metrics({f"best/objective_{i}": value for i, value in enumerate(best.values)})
+        # Under the trials' name too, so the study's row in the runs table shows its best.
+        parent.log_metrics({f"objective/{i}": value for i, value in enumerate(best.values)})
         parent.set_tags({"mdd.best_trial": best.number})
         parent.log_params({f"best.{key}": value for key, value in best.params.items()})
     parent.log_metrics(sharing_counts(trials))

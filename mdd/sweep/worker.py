@@ -51,6 +51,7 @@ from mdd.sweep.config import (
 )
 from mdd.sweep.summary import log_study_summary
 from mdd.tracking import RunHandle, Tracker, provenance_tags, redact
+from mdd.ui import headline_metrics, headline_params
 
 DEFAULT_STORAGE = "runs/optuna.db"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -286,6 +287,7 @@ class Worker:
         tags |= {"mdd.sweep": self.sweep.name, "mdd.study": study.study_name, "mdd.ipc": ipc}
         tags["mdd.optuna_storage"] = redact(self.url)
         parent = self.tracker.start(study.study_name, tags=tags)
+        self.tracker.unfold_in_view(parent.run_id)  # its trials show in the runs table
         parent.log_params({"sweep": self.sweep.model_dump(mode="json"), "sample.ipc": ipc})
         parent.log_text(yaml.safe_dump(self.sweep.model_dump(mode="json")), "sweep.yaml")
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
@@ -315,8 +317,8 @@ class Worker:
                     trial.set_user_attr("mlflow_run_id", run.run_id)
                     space = self.sweep.space.items()
                     params = {key: suggest(trial, key, spec) for key, spec in space}
-                    run.log_params({**params, "sample.ipc": ipc})
                     config = trial_config(self.base, self.sweep, params, ipc)
+                    run.log_params({**headline_params(config), **params, "sample.ipc": ipc})
                     run.log_config(config)
                     values = self._objective(trial, config, run)
                     run.set_tags({"mdd.trial_state": "complete"})
@@ -363,7 +365,7 @@ class Worker:
             "core/trials_in_worker": self.trials_run + 1,
             "core/finetunes_reused_in_worker": self.finetunes_reused,
         }
-        run.log_metrics({**result.metrics, **counters})
+        run.log_metrics({**result.metrics, **headline_metrics(result.metrics), **counters})
         run.log_metrics({f"objective/{i}": value for i, value in enumerate(values)})
         trial.set_user_attr("core", counters)
         return values
@@ -389,8 +391,9 @@ class Worker:
             run.log_params(config.to_dict())
             run.log_config(config)
             result = execute(self.core(config), config, self.tracker, run)
-            run.log_metrics(result.metrics)
-        parent.log_metrics({f"final/{name}": value for name, value in result.metrics.items()})
+            run.log_metrics(result.metrics | headline_metrics(result.metrics))
+        final = {f"final/{name}": value for name, value in result.metrics.items()}
+        parent.log_metrics(final | headline_metrics(result.metrics))
         print(f"final rerun of trial {best.number} at IPC {ipc}: " + json.dumps(result.metrics))
 
 
