@@ -27,7 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mdd.config import Config, TrackingConfig
 from mdd.errors import MddError, Pruned
-from mdd.ui import VIEW_TAG, expanded_runs, experiment_tags, view_state
+from mdd.ui import VIEW_TAG, experiment_tags
 
 DEFAULT_STORE = "runs/mlflow.db"
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value
@@ -219,12 +219,6 @@ class Tracker:
     def _tag_experiment(self, experiment_id: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_experiment_tag(experiment_id, key, value)
-
-    def unfold_in_view(self, run_id: str) -> None:
-        """Show ``run_id``'s nested runs (a sweep's trials) unfolded in the saved view."""
-        view = self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG)
-        expanded = [*expanded_runs(view), run_id]
-        self._tag_experiment(self.experiment_id, {VIEW_TAG: view_state(expanded)})
 
     @contextmanager
     def run(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,25 +60,17 @@ def _column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"  # the UI's canonical column key
 
 
-def view_state(expanded: Iterable[str] = ()) -> str:
-    """The saved view's JSON: headline columns, and the given parent runs unfolded."""
+def view_state() -> str:
+    """The saved view's JSON: the headline columns. (MLflow 3.17 drops a shared view's
+    unfolded rows, so a sweep's trials stay folded under their study until clicked.)"""
     columns = [_column("attributes", "Duration")]
     columns += [_column("params", key) for key in HEADLINE_PARAMS]
     columns += [_column("metrics", key) for key in HEADLINE_METRICS]
-    state = {"selectedColumns": columns, "runsExpanded": dict.fromkeys(expanded, True)}
-    return json.dumps(state)
+    return json.dumps({"selectedColumns": columns})
 
 
-def expanded_runs(view: str | None) -> list[str]:
-    """The parent runs a stored view unfolds (none if it is missing or not ours)."""
-    try:
-        return list(json.loads(view or "{}").get("runsExpanded", {}))
-    except (json.JSONDecodeError, AttributeError):
-        return []
-
-
-def experiment_tags(expanded: Iterable[str] = ()) -> dict[str, str]:
-    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, VIEW_TAG: view_state(expanded)}
+def experiment_tags() -> dict[str, str]:
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, VIEW_TAG: view_state()}
 
 
 def runs_url(base: str, experiment_id: str) -> str:

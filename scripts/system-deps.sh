@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what mdd's demo and tests use from the system, when this is a Debian
 # machine we may install on: the Fashion-MNIST package, a PostgreSQL server, and
-# headless Chromium with its WebDriver (the MLflow UI test drives them).
+# headless Chromium with its WebDriver (the MLflow UI test drives them), and SLURM
+# with munge (a one-node cluster for the job-array test).
 # Nothing here is required: without it mdd downloads Fashion-MNIST with
 # torchvision, and the PostgreSQL and browser tests skip with a message saying why.
 set -u
@@ -13,14 +14,15 @@ missing=()
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm munge)
 if [ ${#missing[@]} -gt 0 ]; then
   if have_apt; then
     echo "installing ${missing[*]} with apt-get"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
       || { as_root apt-get update -q >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; } \
-      || echo "could not install ${missing[*]}: Fashion-MNIST will be downloaded; PostgreSQL and browser tests will skip"
+      || echo "could not install ${missing[*]}: Fashion-MNIST will be downloaded; PostgreSQL, browser and SLURM tests will skip"
   else
-    echo "no apt-get: Fashion-MNIST will be downloaded by torchvision; PostgreSQL and browser tests will skip"
+    echo "no apt-get: Fashion-MNIST will be downloaded by torchvision; PostgreSQL, browser and SLURM tests will skip"
   fi
 fi
 # The distributed-sweep tests need a running PostgreSQL server on loopback and a role
@@ -36,5 +38,11 @@ if command -v pg_lsclusters >/dev/null 2>&1; then
         || echo "could not create the PostgreSQL test role: the PostgreSQL tests will fail"
     fi
   fi
+fi
+# A one-node SLURM cluster for the job-array test (tests/test_slurm.py), as root only:
+# it runs munged, slurmctld and slurmd, and never touches a slurm.conf it did not write.
+if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null 2>&1; then
+  bash "$(dirname "$0")/../cluster/local-slurm.sh" start >/dev/null \
+    || echo "could not start the local SLURM cluster: the SLURM test will skip"
 fi
 exit 0

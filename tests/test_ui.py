@@ -36,13 +36,12 @@ def test_headline_metrics_take_each_splits_first_network_last_epoch_accuracy() -
     assert headline_metrics({"distill_wall_s": 5.0}) == {}
 
 
-def test_the_saved_view_selects_the_headline_columns_and_unfolds_the_given_parents() -> None:
-    state = json.loads(view_state(["parent-1"]))
+def test_the_saved_view_selects_the_headline_columns() -> None:
+    state = json.loads(view_state())
     assert "params.`finetune.lambda_d`" in state["selectedColumns"]
     assert "params.`sample.ipc`" in state["selectedColumns"]
     assert "metrics.`acc_test`" in state["selectedColumns"]
     assert "metrics.`objective/0`" in state["selectedColumns"]
-    assert state["runsExpanded"] == {"parent-1": True}
 
 
 def test_links_give_the_runs_table_and_one_compare_view_per_study_in_trial_order() -> None:
@@ -77,10 +76,6 @@ def test_an_experiment_is_tagged_model_training_with_the_view_also_when_made_els
         assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
         assert json.loads(tags[VIEW_TAG])["selectedColumns"]
     assert tracker.experiment_id == made_by_hand
-    tracker.unfold_in_view("r1")
-    tracker.unfold_in_view("r2")
-    view = client.get_experiment(made_by_hand).tags[VIEW_TAG]
-    assert json.loads(view)["runsExpanded"] == {"r1": True, "r2": True}
 
 
 def test_headline_params_are_the_configs_method_ipc_and_minimax_settings() -> None:

@@ -287,7 +287,6 @@ class Worker:
         tags |= {"mdd.sweep": self.sweep.name, "mdd.study": study.study_name, "mdd.ipc": ipc}
         tags["mdd.optuna_storage"] = redact(self.url)
         parent = self.tracker.start(study.study_name, tags=tags)
-        self.tracker.unfold_in_view(parent.run_id)  # its trials show in the runs table
         parent.log_params({"sweep": self.sweep.model_dump(mode="json"), "sample.ipc": ipc})
         parent.log_text(yaml.safe_dump(self.sweep.model_dump(mode="json")), "sweep.yaml")
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
