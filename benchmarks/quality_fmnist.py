@@ -17,31 +17,38 @@ s)"), the total wall time and the hardware; ``--out`` also writes table.md and r
         [--repeats 3] [--full-epochs 20] [--best-weights LR LD] [--out FOLDER] [--set K=V ...]
         [--cached-only]
 
-The stage cache makes it resumable: a cell computed by an earlier run (or by ``mdd-run`` with
-the same settings) is read back, not recomputed, so the hours of the full grid can be spent in
-parts (``--ipc``, ``--methods``) and tabulated at the end with ``--cached-only``.
+Each cell it finishes also writes a result file under ``benchmarks/results/fashion_mnist/``
+(``quality_results.py``), which a rerun reads back instead of recomputing the cell while the
+settings it depends on are unchanged; the README's table is rendered from those files.
+
+The stage cache makes it resumable as well: a cell computed by an earlier run (or by
+``mdd-run`` with the same settings) is read back, not recomputed, so the hours of the full
+grid can be spent in parts (``--ipc``, ``--methods``) and tabulated with ``--cached-only``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# benchmarks/speed.py, beside this script: one description of the hardware for both.
+# benchmarks/speed.py and results.py, beside this script.
+from quality_results import RESULTS, read_result, result_path, write_result
 from speed import hardware
 
 from mdd.cli import add_set_argument, stop_on_sigterm
 from mdd.config import Config, load_config
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.eval.protocols import protocol_for
-from mdd.pipeline import Core, run_with_core
+from mdd.pipeline import Core, RunResult, run_with_core
 from mdd.pipeline import plan as stage_plan
-from mdd.report import mean_std
+from mdd.report import DIAGNOSTICS, mean_std
 from mdd.sweep import best_params
 from mdd.tracking import Tracker, redact
 
@@ -49,6 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NETWORK = "convnet3"
 PUBLISHED_WEIGHTS = (0.002, 0.008)  # lambda_r, lambda_d (METHOD.md section 2)
 COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
+# Settings that say where, not what: they stay out of a result file's config hash.
+WHERE_KEYS = ("name", "device", "cache_dir", "tracking")
+WHERE_DATA_KEYS = ("root", "val_root", "download_dir")
 # Set by the benchmark itself: the grid (method, IPC) and the protocol every cell shares.
 GRID_KEYS = ("method", "sample.ipc", "eval.protocol", "eval.networks")
 
@@ -65,6 +75,7 @@ class Mode:
     full_epochs: int  # the DC protocol's 1000 epochs on 55,000 images is days on a CPU
     overrides: tuple[str, ...]
     mlflow_experiment: str
+    results: Path | None  # where finished cells leave their result files
 
 
 STANDARD = Mode(
@@ -80,6 +91,7 @@ STANDARD = Mode(
     # x 1000 epochs), and change no number.
     overrides=("eval.protocol=dc", f"eval.networks=[{NETWORK}]", "eval.evaluations=1"),
     mlflow_experiment="quality_fmnist",
+    results=RESULTS / "fashion_mnist",
 )
 # A separate MLflow experiment: the report keeps the newest run of a cell, and quick
 # numbers must never stand in for real ones.
@@ -98,6 +110,7 @@ QUICK = Mode(
         "finetune.steps=10",
     ),
     mlflow_experiment="quality_fmnist_quick",
+    results=None,  # quick numbers are never results; --results gives a folder for tests
 )
 
 
@@ -107,7 +120,7 @@ class Cell:
 
     column: str
     ipc: int
-    status: str = "to run"  # done, skipped, failed, or not run (--cached-only)
+    status: str = "to run"  # done, resumed (from its result file), skipped, failed, not run
     note: str = ""
     last_acc_mean: float | None = None
     last_acc_std: float | None = None
@@ -117,7 +130,7 @@ class Cell:
     cached_stages: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        if self.status != "done":
+        if self.status not in ("done", "resumed"):
             return self.status
         accuracy = mean_std(self.last_acc_mean, self.last_acc_std)
         return f"{accuracy} ({self.distill_wall_s:.1f} s)"
@@ -177,20 +190,105 @@ def cell_config(
     return load_config(mode.experiment, [*overrides, *args.overrides])
 
 
+def result_hash(config: Config, fingerprint: str) -> str:
+    """What a cell's numbers depend on: the config less where it ran, and the data's content."""
+    data = config.to_dict()
+    picked = {key: value for key, value in data.items() if key not in WHERE_KEYS}
+    picked["data"] = {k: v for k, v in data["data"].items() if k not in WHERE_DATA_KEYS}
+    blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _git_commit() -> str:
+    found = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip() or "unknown"
+
+
+def _machine(info: dict[str, Any]) -> dict[str, Any]:
+    gpu = info["device_name"] if info["device"].startswith("cuda") else None
+    return {
+        "cpu": info["cpu_model"],
+        "cores": info["usable_cores"],
+        "gpu": gpu,
+        "torch": info["torch_version"],
+        "torch_threads": info["torch_threads"],
+    }
+
+
+def cell_record(
+    cell: Cell, config: Config, core: Core, result: RunResult, weights: Weights | None
+) -> dict[str, Any]:
+    """The result file's content: what ran, what came out, what it cost, and where."""
+    stages = {stage.name: stage for stage in stage_plan(config, core.data.fingerprint)}
+    runs = json.loads((stages["evaluate"].folder / "results.json").read_text())["runs"][NETWORK]
+    metrics = result.metrics
+    return {
+        "column": cell.column,
+        "ipc": cell.ipc,
+        "method": config.method,
+        "lambda_r": weights[0] if weights else None,
+        "lambda_d": weights[1] if weights else None,
+        "protocol": config.eval.protocol,
+        "network": NETWORK,
+        "epochs": cell.eval_epochs,
+        "repeats": cell.repeats,
+        "last_acc": [run["last_acc"] for run in runs],
+        "best_acc": [run["best_acc"] for run in runs],
+        "last_acc_mean": metrics[f"test/{NETWORK}/last_acc_mean"],
+        "last_acc_std": metrics[f"test/{NETWORK}/last_acc_std"],
+        "best_acc_mean": metrics[f"test/{NETWORK}/best_acc_mean"],
+        "best_acc_std": metrics[f"test/{NETWORK}/best_acc_std"],
+        "diagnostics": {
+            name: metrics[f"surrogate/{name}"]
+            for name in DIAGNOSTICS
+            if f"surrogate/{name}" in metrics
+        },
+        "distill_wall_s": metrics["distill_wall_s"],
+        "eval_wall_s": result.stages["evaluate"]["wall_s"],
+        "machine": _machine(hardware(core.device)),
+        "git_commit": _git_commit(),
+        "config_hash": result_hash(config, core.data.fingerprint),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def run_cell(
     core: Core, tracker: Tracker, config: Config, cell: Cell, tags: dict[str, str]
-) -> None:
+) -> RunResult | None:
     """Run one cell on the shared core; a stage that fails marks the cell, not the benchmark."""
     try:
         result = run_with_core(core, config, tracker, tags)
     except StageError as exc:
         cell.status, cell.note = "failed", str(exc)
-        return
+        return None
     cell.status = "done"
     cell.last_acc_mean = result.metrics[f"test/{NETWORK}/last_acc_mean"]
     cell.last_acc_std = result.metrics[f"test/{NETWORK}/last_acc_std"]
     cell.distill_wall_s = result.metrics["distill_wall_s"]
     cell.cached_stages = [name for name, info in result.stages.items() if info["cached"]]
+    return result
+
+
+def resume_from(path: Path, expected_hash: str, cell: Cell) -> bool:
+    """Fill ``cell`` from its result file if that was made with the same config hash."""
+    record = read_result(path)
+    if record is None or record.get("config_hash") != expected_hash:
+        return False
+    cell.status, cell.note = "resumed", f"from {_shown(path)}"
+    cell.last_acc_mean, cell.last_acc_std = record["last_acc_mean"], record["last_acc_std"]
+    cell.distill_wall_s = record["distill_wall_s"]
+    return True
+
+
+def eta(spent_s: list[float], remaining: int) -> str:
+    """The time left at the mean rate of the cells computed so far (none yet: unknown)."""
+    if not spent_s:
+        return "ETA unknown until a cell is computed"
+    per_cell = sum(spent_s) / len(spent_s)
+    minutes = per_cell * remaining / 60
+    return f"about {minutes:.0f} min left: {remaining} cells at {per_cell / 60:.1f} min"
 
 
 def format_table(cells: list[Cell], columns: list[str], ipcs: list[int]) -> str:
@@ -294,6 +392,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", help="MLflow experiment (default quality_fmnist)")
     parser.add_argument("--out", type=Path, help="also write table.md and results.json here")
     parser.add_argument(
+        "--results",
+        type=Path,
+        help="folder of the per-cell result files (default benchmarks/results/fashion_mnist; "
+        "quick: none)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="recompute cells whose result file matches (by default they are read back)",
+    )
+    parser.add_argument(
         "--cached-only",
         action="store_true",
         help="compute nothing: report the cells earlier runs left in the stage cache, mark the "
@@ -328,22 +438,36 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
     first = plan[0][1]
     core = Core.load(first)
     tracker = Tracker(first.tracking)
+    results = args.results or mode.results
+    spent: list[float] = []
     for index, (cell, config) in enumerate(plan, start=1):
         cell.repeats = config.eval.repeats
         cell.eval_epochs = protocol_for(config, cell.ipc).epochs
-        if cell.column in weights and weights[cell.column][0] is None:
+        lambdas = weights[cell.column][0] if cell.column in weights else None
+        if cell.column in weights and lambdas is None:
             cell.status = "skipped"
+            continue
+        path = result_path(results, cell.column, cell.ipc) if results else None
+        expected = result_hash(config, core.data.fingerprint)
+        if path is not None and args.resume and resume_from(path, expected, cell):
+            print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc}: {cell.note}")
             continue
         if args.cached_only and not all(
             s.cached for s in stage_plan(config, core.data.fingerprint)
         ):
             cell.status = "not run"
             continue
-        print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc}", flush=True)
+        left = sum(1 for c, _ in plan[index - 1 :] if c.status == "to run")
+        print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc} ({eta(spent, left)})")
         tags = {"mdd.config_file": _shown(mode.experiment), "mdd.benchmark": "quality_fmnist"}
         if cell.column == "minimax-swept":
             tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[cell.column][1]}
-        run_cell(core, tracker, config, cell, tags)
+        started_cell = time.perf_counter()
+        result = run_cell(core, tracker, config, cell, tags)
+        if result is not None and len(cell.cached_stages) < len(result.stages):
+            spent.append(time.perf_counter() - started_cell)  # a computed cell, for the ETA
+        if result is not None and path is not None:
+            write_result(path, cell_record(cell, config, core, result, lambdas))
     settings = {
         "mode": mode.name,
         "experiment": _shown(mode.experiment),

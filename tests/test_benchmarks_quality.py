@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ from tests.conftest import write_tiny_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality_fmnist.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
+from quality_results import load_results  # noqa: E402
+
 COLUMNS = ["random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full"]
 EXPERIMENT = "quality_fmnist_quick"
 CELL = re.compile(r"^(?P<accuracy>\d+\.\d\d ± \d+\.\d\d) \((?P<wall_s>\d+\.\d) s\)$")
@@ -75,7 +79,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     storage = f"sqlite:///{work / 'optuna.db'}"
     write_study(storage)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    done = run_script(work, env, "--storage", storage, "--out", str(work / "out"))
+    results = ["--results", str(work / "results")]
+    done = run_script(work, env, "--storage", storage, "--out", str(work / "out"), *results)
     assert done.returncode == 0, done.stderr[-3000:]
     report = subprocess.run(
         [sys.executable, "-m", "mdd", "report", "--experiment", EXPERIMENT],
@@ -196,3 +201,48 @@ def test_cached_only_tabulates_earlier_cells_and_computes_nothing(quick_run):
         assert cells[(column, 3)]["status"] == "not run"
     assert "not run: random at IPC 3, minimax at IPC 3" in done.stdout
     assert set(evaluations.glob("*/done.json")) == computed  # nothing new was evaluated
+
+
+def test_each_finished_cell_leaves_a_result_file_with_what_ran_came_out_and_where(quick_run):
+    records = {(r["column"], r["ipc"]): r for r in load_results(quick_run["work"] / "results")}
+    assert sorted(records) == sorted((c, ipc) for c in COLUMNS for ipc in (1, 2))
+    cells = {(c["column"], c["ipc"]): c for c in quick_run["results"]["cells"]}
+    for key, record in records.items():
+        assert record["last_acc_mean"] == cells[key]["last_acc_mean"]
+        assert len(record["last_acc"]) == len(record["best_acc"]) == record["repeats"] == 1
+        assert record["last_acc"][0] == pytest.approx(record["last_acc_mean"])
+        assert (record["protocol"], record["network"], record["epochs"]) == ("dc", "convnet3", 2)
+        assert set(record["diagnostics"]) >= {"class_consistency", "recall", "frechet_features"}
+        assert record["machine"]["cpu"] and record["machine"]["cores"] >= 1
+        assert record["machine"]["torch"].startswith("2.")
+        assert len(record["git_commit"]) == 40 and len(record["config_hash"]) == 16
+        assert record["eval_wall_s"] > 0
+    assert records[("minimax-swept", 1)]["lambda_r"] == 0.03
+    assert records[("dit", 1)]["method"] == "dit"
+
+
+def test_a_cell_with_a_matching_result_file_is_read_back_and_a_stale_one_recomputed(
+    quick_run, tmp_path: Path
+):
+    results = tmp_path / "results"
+    shutil.copytree(quick_run["work"] / "results", results)
+    stale = results / "random-ipc1.json"
+    stale.write_text(stale.read_text().replace('"config_hash": "', '"config_hash": "stale'))
+    done = run_script(
+        quick_run["work"],
+        quick_run["env"],
+        *("--methods", "random", "minimax", "--ipc", "1", "--results", str(results)),
+        *("--out", str(tmp_path / "out"), "--experiment", "quality_resumed"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = {
+        c["column"]: c for c in json.loads((tmp_path / "out" / "results.json").read_text())["cells"]
+    }
+    assert cells["minimax"]["status"] == "resumed"  # its file matched: nothing recomputed
+    assert cells["random"]["status"] == "done"  # its file's hash did not: recomputed
+    assert "stale" not in stale.read_text()
+    client = MlflowClient(tracking_uri=quick_run["env"]["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("quality_resumed")
+    names = {run.info.run_name for run in client.search_runs([experiment.experiment_id])}
+    assert "quality_resumed-random-ipc1" in names
+    assert "quality_resumed-minimax-ipc1" not in names

@@ -1,0 +1,66 @@
+"""Render the quality grid's table from its result files, into the README or to stdout.
+
+    .venv/bin/python benchmarks/render_results.py                  # print the table
+    .venv/bin/python benchmarks/render_results.py --write README.md
+    .venv/bin/python benchmarks/render_results.py --check README.md  # exit 1 if it differs
+
+The README holds the table between ``<!-- quality-fashion_mnist -->`` and
+``<!-- /quality-fashion_mnist -->``; ``tests/test_results.py`` checks that it is what the
+committed files render, so no number there is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quality_results import RESULTS, load_results, render_sources, render_table, replace_block
+
+# METHOD.md section 6: DC / DSA on Fashion-MNIST, ConvNet-3 (KIP and the whole set in the text).
+PUBLISHED = {"fashion_mnist": {1: "70.5 / 70.6", 10: "82.3 / 84.6", 50: "83.6 / 88.7"}}
+WHOLE_SET = {"fashion_mnist": "about 93.5"}
+
+
+def render(dataset: str, folder: Path | None = None) -> str:
+    records = load_results(folder or RESULTS / dataset)
+    table = render_table(records, PUBLISHED.get(dataset, {}))
+    sources = render_sources(records) or "- no cell has a result file yet."
+    notes = (
+        "Last-epoch test accuracy %, mean ± std over the networks of each cell (ConvNet-3, DC "
+        f"protocol); `full` trains on the whole training split (published: {WHOLE_SET[dataset]})."
+        if dataset in WHOLE_SET
+        else "Last-epoch test accuracy %, mean ± std over the networks of each cell."
+    )
+    return f"{table}\n\n{notes}\n\n{sources}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--results", type=Path, help="result folder (default: the dataset's)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", type=Path, metavar="README", help="replace the block there")
+    action.add_argument("--check", type=Path, metavar="README", help="exit 1 if it differs")
+    args = parser.parse_args(argv)
+    body = render(args.dataset, args.results)
+    if args.write is None and args.check is None:
+        print(body)
+        return 0
+    path = args.write or args.check
+    text = path.read_text(encoding="utf-8")
+    updated = replace_block(text, f"quality-{args.dataset}", body)
+    if args.check is not None:
+        if updated != text:
+            print(
+                f"{path}: the quality table differs from the result files; run --write",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    path.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The quality grid's result files render into the README's table, and the README holds
+exactly what the committed files render (no number typed by hand)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
+from quality_results import (  # noqa: E402
+    load_results,
+    read_result,
+    render_sources,
+    render_table,
+    replace_block,
+    result_path,
+    write_result,
+)
+
+
+def record(column: str, ipc: int, mean: float, std: float) -> dict:
+    return {
+        "column": column,
+        "ipc": ipc,
+        "last_acc_mean": mean,
+        "last_acc_std": std,
+        "distill_wall_s": 12.4,
+        "eval_wall_s": 600.6,
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "machine": {"cpu": "Some CPU", "cores": 2, "gpu": None, "torch": "2.14.1"},
+    }
+
+
+def test_result_files_round_trip_and_load_in_ipc_then_column_order(tmp_path: Path) -> None:
+    for column, ipc in (("minimax", 10), ("random", 10), ("dit", 1)):
+        write_result(result_path(tmp_path, column, ipc), record(column, ipc, 70.0, 0.5))
+    (tmp_path / "notes.json").write_text("{}")  # not a cell's file: ignored
+    (tmp_path / "broken-ipc3.json").write_text("{")  # unreadable: ignored, not fatal
+    loaded = load_results(tmp_path)
+    assert [(r["column"], r["ipc"]) for r in loaded] == [
+        ("dit", 1),
+        ("random", 10),
+        ("minimax", 10),
+    ]
+    assert read_result(result_path(tmp_path, "dit", 1))["schema"] == 1
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_the_table_has_every_column_marks_missing_cells_and_shows_the_published_figures() -> None:
+    table = render_table([record("dit", 10, 72.791, 0.264)], {1: "70.5 / 70.6", 10: "82.3 / 84.6"})
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| IPC | random | herding | kcenter | dit | minimax | minimax-swept | full "
+        "| DC / DSA, published |"
+    )
+    assert lines[2] == "| 1 | " + " | ".join(["not run"] * 7) + " | 70.5 / 70.6 |"
+    assert lines[3] == (
+        "| 10 | not run | not run | not run | 72.79 ± 0.26 | not run | not run | not run "
+        "| 82.3 / 84.6 |"
+    )
+    assert render_sources([record("dit", 10, 72.791, 0.264)]) == (
+        "- dit at IPC 10: Some CPU (2 cores), torch 2.14.1, commit 0123456, distillation 12 s, "
+        "evaluation 601 s."
+    )
+
+
+def test_replace_block_sets_the_lines_between_the_markers_and_needs_exactly_one_block() -> None:
+    text = "a\n<!-- q -->\nold\n<!-- /q -->\nb\n"
+    assert replace_block(text, "q", "new") == "a\n<!-- q -->\nnew\n<!-- /q -->\nb\n"
+    with pytest.raises(ValueError, match="expected one"):
+        replace_block("no block", "q", "new")
+
+
+def test_the_readme_table_is_what_the_committed_result_files_render() -> None:
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "render_results.py"), "--check", "README.md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr
