@@ -36,9 +36,9 @@ _LAST_ACCURACY = re.compile(r"(test|val)/[^/]+/last_acc_mean")
 
 def headline_params(config: Config) -> dict[str, Any]:
     """The config's values of the headline params (a sweep trial logs only what it searches)."""
-    values = {}
+    values, data = {}, config.to_dict()
     for key in HEADLINE_PARAMS:
-        value: Any = config.to_dict()
+        value: Any = data
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:

@@ -204,6 +204,16 @@ def test_two_workers_on_postgres_complete_every_trial_once_under_one_parent(
                 assert PASSWORD.encode() not in file.read_bytes(), file
 
 
+def survive(sweep: Path, storage: str, tracking: str, folder: Path, study: str) -> tuple:
+    """Run a second worker to the end of the sweep; the study's complete and failed trials."""
+    survivor = start_worker(sweep, storage, tracking, folder / "survivor.log")
+    assert survivor.wait(timeout=600) == 0, (folder / "survivor.log").read_text()
+    trials = load_study(storage, study).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    return complete, failed
+
+
 def running_trial_with_params(storage: str, name: str) -> optuna.trial.FrozenTrial | None:
     """The study's running trial once its parameters are in the storage, else None."""
     try:
@@ -235,12 +245,7 @@ def test_killed_worker_trial_is_failed_retried_and_its_runs_closed(
     else:
         pytest.fail("the first worker never stored a trial's parameters within 300 s")
     victim.wait(timeout=30)
-    survivor = start_worker(sweep, storage, mlflow_server, tmp_path / "survivor.log")
-    assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()
-
-    trials = load_study(storage, "pg-kill-ipc2").trials
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete, failed = survive(sweep, storage, mlflow_server, tmp_path, "pg-kill-ipc2")
     assert len(complete) == 3  # the request, despite the lost trial
     assert [t.number for t in failed] == [trial.number]
     retried = [t for t in complete if t.system_attrs.get("failed_trial") == failed[0].number]
@@ -284,11 +289,7 @@ def test_worker_killed_before_its_parameters_leaves_a_failed_trial_and_a_full_sw
     [asked] = load_study(storage, "pg-early-ipc2").trials
     assert asked.state == optuna.trial.TrialState.RUNNING and asked.params == {}
 
-    survivor = start_worker(sweep, storage, mlflow_server, tmp_path / "survivor.log")
-    assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()
-    trials = load_study(storage, "pg-early-ipc2").trials
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete, failed = survive(sweep, storage, mlflow_server, tmp_path, "pg-early-ipc2")
     assert len(complete) == 3  # the request, despite the lost trial
     assert [t.number for t in failed] == [asked.number]
     assert [t.system_attrs.get("failed_trial") for t in complete].count(asked.number) == 1
