@@ -27,8 +27,10 @@ from speed import hardware
 
 from mdd.cli import add_set_argument
 from mdd.config import Config, load_config
+from mdd.core import Core
 from mdd.data.surrogate import read_surrogate
-from mdd.pipeline import Core, plan, run_with_core
+from mdd.pipeline import run_with_core
+from mdd.plan import plan
 from mdd.report import DIAGNOSTICS
 from mdd.tracking import Tracker
 

@@ -44,10 +44,11 @@ from speed import hardware
 
 from mdd.cli import add_set_argument, stop_on_sigterm
 from mdd.config import Config, load_config
+from mdd.core import Core
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.eval.protocols import protocol_for
-from mdd.pipeline import Core, RunResult, run_with_core
-from mdd.pipeline import plan as stage_plan
+from mdd.pipeline import RunResult, run_with_core
+from mdd.plan import plan as stage_plan
 from mdd.report import DIAGNOSTICS, mean_std
 from mdd.sweep import best_params
 from mdd.tracking import Tracker, redact

@@ -47,12 +47,12 @@ from mdd.config import Config, FinetuneConfig, SampleConfig, load_config
 from mdd.data.latents import LatentSet, cached_latents
 from mdd.diffusion.autoencoder import Autoencoder, ConvAutoencoder, uint8_to_unit
 from mdd.diffusion.backbone import create_backbone
+from mdd.diffusion.base import BaseModel, Trainable, prepare_trainable
 from mdd.diffusion.sampling import make_labels
 from mdd.errors import MddError
 from mdd.minimax import LoopMinimaxCriteria, MinimaxCriteria
 from mdd.runtime import pick_device, seed_everything
-from mdd.stages.finetune import Trainable, finetune, prepare_trainable
-from mdd.stages.pretrain import BaseModel
+from mdd.stages.finetune import finetune
 from mdd.stages.sample import generate_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling module
@@ -247,9 +247,8 @@ def finetune_ms_per_step(
     run_cfg = cfg.model_copy(
         update={"steps": sizes.finetune_steps, "checkpoint_every_steps": sizes.finetune_steps}
     )
-    base = trainable.base
     with progress_bars_hidden():
-        finetune(trainable, latents, base.class_ids, run_cfg, 0, folder, device, log)
+        finetune(trainable, latents, run_cfg, 0, folder, device, log)
     return [
         1000.0 / rate
         for step, rate in windows
@@ -338,16 +337,15 @@ def bench_sampling(
 ) -> dict[str, dict[str, float]]:
     """Benchmark 4: images per second of the real sampling stage, latents decoded to images."""
     labels = make_labels(base.num_classes, sizes.sample_ipc)
-    label_map = base.class_ids
     arms = {"batched": cfg, "one_at_a_time": cfg.model_copy(update={"batch_size": 1})}
     with progress_bars_hidden():
         for arm_cfg in arms.values():
-            generate_images(base, labels[:2], label_map, arm_cfg, 0, device)
+            generate_images(base, labels[:2], arm_cfg, 0, device)
         samples: dict[str, list[float]] = {name: [] for name in arms}
         for _ in range(sizes.sample_repeats):
             for name, arm_cfg in arms.items():
                 start = time.perf_counter()
-                generate_images(base, labels, label_map, arm_cfg, 0, device)
+                generate_images(base, labels, arm_cfg, 0, device)
                 samples[name].append(time.perf_counter() - start)
     results = {}
     for name, seconds in samples.items():

@@ -29,6 +29,7 @@ from pydantic import (
 from mdd.errors import ConfigError
 
 Method = Literal["minimax", "dit", "random", "herding", "kcenter", "full"]
+GENERATIVE = ("minimax", "dit")  # the methods that fine-tune and sample; the rest select
 
 
 class Section(BaseModel):
@@ -221,6 +222,16 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def generative(self) -> bool:
+        return self.method in GENERATIVE
+
+    def effective_finetune(self) -> FinetuneConfig:
+        """What fine-tuning runs: the ``dit`` baseline is minimax with both weights 0."""
+        if self.method == "dit":
+            return self.finetune.model_copy(update={"lambda_r": 0.0, "lambda_d": 0.0})
+        return self.finetune
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -270,6 +270,11 @@ class Tracker:
                 closed.append(run.info.run_id)
         return closed
 
+    def find_tagged(self, tag: str, value: str) -> RunHandle | None:
+        """The newest run of the experiment whose ``tag`` is ``value``, if there is one."""
+        found = self.search(f"tags.`{tag}` = '{value}'", max_results=1)
+        return RunHandle(self, found[0].info.run_id) if found else None
+
     def search(self, filter_string: str = "", max_results: int = 10000) -> list[Any]:
         return self.client.search_runs(
             [self.experiment_id], filter_string=filter_string, max_results=max_results

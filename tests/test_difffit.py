@@ -9,13 +9,8 @@ import torch
 from diffusers import DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 
-from mdd.diffusion.difffit import (
-    apply_difffit,
-    disable_block_label_dropout,
-    drop_labels,
-    fold_difffit_gammas,
-    trainable_state_dict,
-)
+from mdd.diffusion.difffit import apply_difffit, fold_difffit_gammas, trainable_state_dict
+from mdd.diffusion.training import disable_block_label_dropout, drop_labels
 
 # Tiny DiT: 4 blocks, 2 heads x 8 = width 16, MLP 64, patch 2 on 4x4x4 inputs,
 # learned variance (8 output channels), 10 classes + the null row.

@@ -265,7 +265,7 @@ from mdd.sweep.worker import Worker
 
 class DiesAfterAsking(Worker):
     def run_trial(self, study, trial, ipc, parent):
-        self.storage.record_heartbeat(trial._trial_id)
+        self.storage.record_heartbeat(self.trial_id(study, trial))
         os.kill(os.getpid(), signal.SIGKILL)
 
 DiesAfterAsking(sys.argv[1], sys.argv[2], None).run()

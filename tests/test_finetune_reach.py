@@ -16,10 +16,10 @@ import torch
 from mdd.config import load_config
 from mdd.data import load_dataset
 from mdd.data.latents import cached_latents
+from mdd.diffusion.base import load_base, prepare_trainable
 from mdd.diffusion.sampling import make_labels
 from mdd.eval.diagnostics import intra_class_cosine
-from mdd.stages.finetune import finetune, load_finetuned, prepare_trainable
-from mdd.stages.pretrain import load_base
+from mdd.stages.finetune import finetune, read_finetuned
 from mdd.stages.sample import generate_images
 
 STEPS = 100
@@ -52,13 +52,10 @@ def _sampled_set(shipped, tmp_path: Path, **weights: float) -> tuple[torch.Tenso
     config, base, trainable, latents = shipped
     tuned = config.finetune.model_copy(update=weights)
     folder = tmp_path / "-".join(f"{k}{v}" for k, v in weights.items())
-    summary = finetune(trainable, latents, base.class_ids, tuned, 0, folder, CPU, lambda m, s: None)
-    load_finetuned(trainable, folder / "ema.safetensors")
-    try:
-        labels = make_labels(base.num_classes, config.sample.ipc)
-        images = generate_images(base, labels, base.class_ids, config.sample, 0, CPU)
-    finally:
-        trainable.reset()
+    summary = finetune(trainable, latents, tuned, 0, folder, CPU, lambda m, s: None)
+    weights = read_finetuned(folder, CPU).weights
+    labels = make_labels(base.num_classes, config.sample.ipc)
+    images = generate_images(base, labels, config.sample, 0, CPU, weights)
     return images, summary.weight_distance
 
 

@@ -18,13 +18,14 @@ from PIL import Image
 from mdd.baselines import select_herding
 from mdd.cli import run_main
 from mdd.config import load_config
+from mdd.core import Core
 from mdd.data.folders import KNOWN_IMAGENET_INDEX, subset_wnids
 from mdd.data.surrogate import read_surrogate
 from mdd.diffusion.backbone import create_backbone
 from mdd.eval.judge import judge_cache_path, load_judge
 from mdd.eval.networks import ResNetAP
 from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD
-from mdd.pipeline import Core, plan
+from mdd.plan import plan
 from mdd.stages.select import select_surrogate
 from tests.test_autoencoder import tiny_vae
 

@@ -12,7 +12,7 @@ from mdd.config import Config
 from mdd.data.fingerprint import dataset_fingerprint
 from mdd.data.folders import subset_wnids
 from mdd.data.surrogate import read_surrogate
-from mdd.pipeline import base_key, plan
+from mdd.plan import base_key, plan
 from mdd.stages import finetune as finetune_stage
 
 

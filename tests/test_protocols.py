@@ -9,7 +9,16 @@ import torch
 from mdd.config import load_config
 from mdd.errors import ConfigError, DataError
 from mdd.eval.protocols import lr_milestones, protocol_for, resolve_protocol
-from mdd.eval.train import evaluate_repeats, train_and_evaluate
+from mdd.eval.train import EvalResult, evaluate_repeats
+
+
+def train_and_evaluate(network: str, *sets: torch.Tensor, on_epoch=None, **kwargs) -> EvalResult:
+    """One network through ``evaluate_repeats``, as a run trains each of its repeats."""
+    callback = None if on_epoch is None else lambda r, epoch, metrics: on_epoch(epoch, metrics)
+    repeated = evaluate_repeats(
+        network, *sets, repeats=1, batch_repeats=False, on_epoch=callback, **kwargs
+    )
+    return repeated.runs[0]
 
 
 def test_dc_protocol_is_the_dc_dsa_fashion_mnist_setting() -> None:

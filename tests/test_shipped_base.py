@@ -11,7 +11,7 @@ import torch
 from mdd.cli import main
 from mdd.config import SampleConfig, load_config
 from mdd.data.fashion_mnist import CLASS_NAMES
-from mdd.stages.pretrain import load_base
+from mdd.diffusion.base import load_base
 from mdd.stages.sample import generate_images
 
 SHIPPED = Path("mdd/assets/fashion_mnist_base")
@@ -33,7 +33,7 @@ def test_shipped_base_loads_and_samples_every_class() -> None:
     assert weights < 16 * 2**20  # a few MB, fit for the repository
     labels = torch.arange(10)
     sample = SampleConfig(steps=2, guidance_scale=2.0, batch_size=10)
-    images = generate_images(base, labels, base.class_ids, sample, 0, torch.device("cpu"))
+    images = generate_images(base, labels, sample, 0, torch.device("cpu"))
     assert images.shape == (10, 1, 28, 28) and images.dtype == torch.uint8
     assert images.float().std() > 0
 

@@ -176,6 +176,14 @@ class IdentityAutoencoder(Autoencoder):
         return {}
 
 
+def _with_silu(*layers: nn.Module) -> nn.Sequential:
+    """``layers`` in order with a SiLU between each two."""
+    chain: list[nn.Module] = []
+    for layer in layers:
+        chain += [layer, nn.SiLU()]
+    return nn.Sequential(*chain[:-1])
+
+
 class ConvAutoencoder(Autoencoder):
     """A small convolutional autoencoder, ``C x H x W -> latent_channels x H/4 x W/4``.
 
@@ -199,31 +207,23 @@ class ConvAutoencoder(Autoencoder):
         self.latent_channels = latent_channels
         self.widths = tuple(widths)
         full, half, quarter = self.widths
-        self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, full, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(full, half, 3, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(half, half, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(half, quarter, 3, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(quarter, latent_channels, 1),
+        conv, up = nn.Conv2d, nn.ConvTranspose2d
+        # Two stride-2 steps: 28 -> 14 -> 7. Layer indices are the saved weights' names.
+        self.encoder = _with_silu(
+            conv(in_channels, full, 3, padding=1),
+            conv(full, half, 3, stride=2, padding=1),
+            conv(half, half, 3, padding=1),
+            conv(half, quarter, 3, stride=2, padding=1),
+            conv(quarter, latent_channels, 1),
         )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(latent_channels, quarter, 1),
-            nn.SiLU(),
-            nn.Conv2d(quarter, quarter, 3, padding=1),
-            nn.SiLU(),
-            nn.ConvTranspose2d(quarter, half, 4, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(half, half, 3, padding=1),
-            nn.SiLU(),
-            nn.ConvTranspose2d(half, full, 4, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(full, in_channels, 3, padding=1),
-            nn.Tanh(),
-        )
+        self.decoder = _with_silu(
+            conv(latent_channels, quarter, 1),
+            conv(quarter, quarter, 3, padding=1),
+            up(quarter, half, 4, stride=2, padding=1),
+            conv(half, half, 3, padding=1),
+            up(half, full, 4, stride=2, padding=1),
+            conv(full, in_channels, 3, padding=1),
+        ).append(nn.Tanh())
         self.register_buffer("scaling_factor", torch.tensor(1.0))
 
     def encode_distribution(self, images: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -18,12 +18,13 @@ the ImageNet indices of the subset's classes, and the null class stays 1000. Rea
 of a built or loaded model with ``backbone_info``.
 
 Every model from here has the per-block label dropout of diffusers switched off; label
-dropout for guidance is done once per sample with ``mdd.diffusion.difffit.drop_labels``.
+dropout for guidance is done once per sample with ``mdd.diffusion.training.drop_labels``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from diffusers import DiTTransformer2DModel
 from torch import Tensor, nn
 
 from mdd.diffusion.convert import load_original_dit, match_original_dit
-from mdd.diffusion.difffit import disable_block_label_dropout
+from mdd.diffusion.training import disable_block_label_dropout
 from mdd.errors import ConfigError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -51,11 +52,12 @@ class Preset:
     num_layers: int
     num_attention_heads: int
     attention_head_dim: int
-    patch_size: int
-    learned_variance: bool
-    num_classes: int
-    in_channels: int
-    sample_size: int
+    # The defaults: the embedded default's family (eps only, 7x7x4 latents, 10 classes).
+    patch_size: int = 1
+    learned_variance: bool = False
+    num_classes: int = 10
+    in_channels: int = 4
+    sample_size: int = 7
     # Weights come from facebookresearch/DiT: reproduce its constants (see convert.py).
     original_dit: bool = False
 
@@ -79,61 +81,30 @@ class Preset:
         }
 
 
+# DiT-XL/2's design: patch 2, learned variance (eps and v), 1000 ImageNet classes, and the
+# original code's constants.
+_ORIGINAL_DIT: dict[str, Any] = {
+    "patch_size": 2,
+    "learned_variance": True,
+    "num_classes": 1000,
+    "in_channels": 4,
+    "original_dit": True,
+}
 PRESETS: dict[str, Preset] = {
-    "latent-s": Preset(
-        num_layers=6,
-        num_attention_heads=4,
-        attention_head_dim=32,
-        patch_size=1,
-        learned_variance=False,
-        num_classes=10,
-        in_channels=4,
-        sample_size=7,
-    ),
-    "latent-tiny": Preset(
-        num_layers=2,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        patch_size=1,
-        learned_variance=False,
-        num_classes=10,
-        in_channels=4,
-        sample_size=7,
-    ),
+    "latent-s": Preset(num_layers=6, num_attention_heads=4, attention_head_dim=32),
+    "latent-tiny": Preset(num_layers=2, num_attention_heads=2, attention_head_dim=16),
     "pixel-s": Preset(
         num_layers=4,
         num_attention_heads=4,
         attention_head_dim=32,
         patch_size=4,
-        learned_variance=False,
-        num_classes=10,
         in_channels=1,
         sample_size=28,
     ),
-    "DiT-XL/2": Preset(
-        num_layers=28,
-        num_attention_heads=16,
-        attention_head_dim=72,
-        patch_size=2,
-        learned_variance=True,
-        num_classes=1000,
-        in_channels=4,
-        sample_size=32,
-        original_dit=True,
-    ),
-    # DiT-XL/2's design (learned variance, 1000 classes, original-DiT constants) at a size
-    # that runs in a test: the stand-in for the ImageWoof path on machines without a GPU.
-    "DiT-tiny/2": Preset(
-        num_layers=2,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        patch_size=2,
-        learned_variance=True,
-        num_classes=1000,
-        in_channels=4,
-        sample_size=16,
-        original_dit=True,
-    ),
+    "DiT-XL/2": Preset(28, 16, 72, sample_size=32, **_ORIGINAL_DIT),
+    # The same design at a size that runs in a test: the stand-in for the ImageWoof path on
+    # machines without a GPU.
+    "DiT-tiny/2": Preset(2, 2, 16, sample_size=16, **_ORIGINAL_DIT),
 }
 
 
@@ -314,12 +285,23 @@ def _finish(model: DiTTransformer2DModel, spec: Preset) -> DiTTransformer2DModel
     return model
 
 
-def predict(model: DiTTransformer2DModel, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+def predict(
+    model: DiTTransformer2DModel,
+    x_t: Tensor,
+    t: Tensor,
+    labels: Tensor,
+    weights: Mapping[str, Tensor] | None = None,
+) -> Tensor:
     """The network output for noisy inputs ``x_t`` at timesteps ``t`` (one per item or one).
 
     With learned variance the first ``in_channels`` channels are eps and the rest the
-    variance interpolation values; otherwise the output is eps.
+    variance interpolation values; otherwise the output is eps. ``weights`` (named like
+    the model's parameters) stand in for those parameters in this call only: fine-tuning
+    trains them and sampling uses them without ever changing the shared model.
     """
     if t.ndim == 0:
         t = t.expand(x_t.shape[0])
-    return model(hidden_states=x_t, timestep=t, class_labels=labels).sample
+    inputs = {"hidden_states": x_t, "timestep": t, "class_labels": labels}
+    if not weights:
+        return model(**inputs).sample
+    return torch.func.functional_call(model, dict(weights), args=(), kwargs=inputs).sample

@@ -1,15 +1,10 @@
-"""DiffFit partial fine-tuning and class-label dropout for diffusers' DiT (METHOD.md section 3).
+"""DiffFit partial fine-tuning of diffusers' DiT (METHOD.md section 3).
 
 DiffFit trains only biases, normalisation affine parameters, the class embedding and
 learnable scales gamma (initialised to 1) on the first half of the blocks; everything else
 stays frozen. Parameters are selected by *module type*, not by name: in diffusers,
 ``norm1.linear.weight`` is the adaLN modulation projection (about a third of DiT-XL), not a
 normalisation affine, and must stay frozen.
-
-diffusers' ``DiTTransformer2DModel`` gives every block its own class embedder, and each one
-drops labels independently while in train mode. Classifier-free guidance training needs one
-draw per sample, so ``disable_block_label_dropout`` switches that off and ``drop_labels``
-drops once, before the forward pass.
 """
 
 from __future__ import annotations
@@ -140,30 +135,3 @@ def fold_difffit_gammas(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
                     del sub._forward_hooks[key]
             delattr(block, name)
     return model
-
-
-def disable_block_label_dropout(model: nn.Module) -> None:
-    """Stop every block's class embedder from dropping labels on its own in train mode.
-
-    The embedding tables keep their null-class row (diffusers sizes them at construction),
-    so labels replaced by ``drop_labels`` still embed.
-    """
-    for module in model.modules():
-        if isinstance(module, LabelEmbedding):
-            module.dropout_prob = 0.0
-
-
-def drop_labels(
-    labels: Tensor, null_class: int, p: float, generator: torch.Generator | None = None
-) -> Tensor:
-    """Replace each label by ``null_class`` with probability ``p``, one draw per sample.
-
-    This is the label dropout that trains the unconditional model for classifier-free
-    guidance (METHOD.md section 3, p = 0.1). The generator may live on another device than
-    the labels (a CPU generator keeps runs reproducible across devices).
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"label dropout probability must be in [0, 1], got {p}")
-    device = labels.device if generator is None else generator.device
-    draws = torch.rand(labels.shape, generator=generator, device=device).to(labels.device)
-    return torch.where(draws < p, torch.full_like(labels, null_class), labels)

@@ -11,13 +11,15 @@ DDPM step's noise from its own CPU generator seeded by ``(seed, i)`` (see ``item
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from mdd.diffusion.backbone import predict
 from mdd.errors import ConfigError
 from mdd.progress import progress_bar
 
@@ -95,6 +97,7 @@ def sample_latents(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     guided_channels: int | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sample one latent per label; returns float32 ``[N, C, H, W]`` on the CPU.
 
@@ -104,7 +107,8 @@ def sample_latents(
     ``guided_channels`` as the original DiT code does (see ``classifier_free_guidance``). The
     model is run in eval mode under
     ``torch.inference_mode``, with autocast to ``autocast_dtype`` when one is given; its
-    training flag is restored afterwards.
+    training flag is restored afterwards. ``weights`` (fine-tuned EMA tensors, named like the
+    model's parameters) stand in for those parameters; the model itself is not changed.
     """
     channels = latent_shape[0]
     config = model.config
@@ -129,6 +133,14 @@ def sample_latents(
         )
     noise_scheduler = make_scheduler(scheduler, steps, learned_variance=out_channels > channels)
 
+    guide = Guidance(guidance_scale, guided_channels, num_classes)
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            output = predict(model, x, t, class_labels, weights)
+        # The scheduler's arithmetic (1 / sqrt(abar_t) near t = 999) stays in float32.
+        return output.float()
+
     latents = torch.empty((len(labels), *latent_shape), dtype=torch.float32)
     was_training = model.training
     model.eval()
@@ -137,18 +149,10 @@ def sample_latents(
             starts = range(0, len(labels), batch_size)
             for start in progress_bar(starts, desc="sampling", unit="batch", disable=not progress):
                 stop = min(start + batch_size, len(labels))
-                latents[start:stop] = _sample_batch(
-                    model,
-                    noise_scheduler,
-                    labels[start:stop].to(device),
-                    [item_generator(seed, index) for index in range(start, stop)],
-                    latent_shape,
-                    guidance_scale=guidance_scale,
-                    guided_channels=guided_channels,
-                    null_class=num_classes,
-                    device=device,
-                    autocast_dtype=autocast_dtype,
-                ).cpu()
+                generators = [item_generator(seed, index) for index in range(start, stop)]
+                batch = labels[start:stop].to(device)
+                x = _sample_batch(denoise, noise_scheduler, batch, generators, latent_shape, guide)
+                latents[start:stop] = x.cpu()
     finally:
         model.train(was_training)
     return latents
@@ -172,34 +176,34 @@ def classifier_free_guidance(
     return torch.cat([eps, cond[:, guided:]], dim=1)
 
 
+class Guidance(NamedTuple):
+    scale: float  # 1: the conditional model alone
+    channels: int | None  # eps channels guided (None: all)
+    null_class: int
+
+
 def _sample_batch(
-    model: DiTTransformer2DModel,
+    denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     noise_scheduler: DDPMScheduler | DDIMScheduler,
     labels: torch.Tensor,
     generators: list[torch.Generator],
     latent_shape: tuple[int, int, int],
-    *,
-    guidance_scale: float,
-    guided_channels: int | None,
-    null_class: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
+    guide: Guidance,
 ) -> torch.Tensor:
     channels = latent_shape[0]
-    guided = guidance_scale != 1.0
+    guided = guide.scale != 1.0
+    device = labels.device
     # A list of CPU generators makes randn_tensor draw item by item on the CPU (then move the
     # noise to the device), so each item's noise is independent of its batch neighbours.
     x = randn_tensor((len(labels), *latent_shape), generator=generators, device=device)
-    class_labels = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+    null = torch.full_like(labels, guide.null_class)
+    class_labels = torch.cat([labels, null]) if guided else labels
     for timestep in noise_scheduler.timesteps.tolist():
         model_input = torch.cat([x, x]) if guided else x
         t = torch.full((len(model_input),), timestep, dtype=torch.int64, device=device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            output = model(hidden_states=model_input, timestep=t, class_labels=class_labels).sample
-        # The scheduler's arithmetic (1 / sqrt(abar_t) near t = 999) stays in float32.
-        output = output.float()
+        output = denoise(model_input, t, class_labels)
         if guided:
-            output = classifier_free_guidance(output, channels, guidance_scale, guided_channels)
+            output = classifier_free_guidance(output, channels, guide.scale, guide.channels)
         if isinstance(noise_scheduler, DDIMScheduler):
             output = output[:, :channels]
         x = noise_scheduler.step(output, timestep, x, generator=generators).prev_sample

@@ -1,4 +1,11 @@
-"""Pieces shared by the pretraining and fine-tuning loops: EMA, checkpoints, NaN guard."""
+"""Pieces shared by the pretraining and fine-tuning loops: label dropout, EMA, checkpoints,
+NaN guard.
+
+diffusers' ``DiTTransformer2DModel`` gives every block its own class embedder, and each one
+drops labels independently while in train mode. Classifier-free guidance training needs one
+draw per sample, so ``disable_block_label_dropout`` switches that off and ``drop_labels``
+drops once, before the forward pass (METHOD.md section 3).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.models.embeddings import LabelEmbedding
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 from mdd.errors import StageError
+
+
+def disable_block_label_dropout(model: nn.Module) -> None:
+    """Stop every block's class embedder from dropping labels on its own in train mode.
+
+    The embedding tables keep their null-class row (diffusers sizes them at construction),
+    so labels replaced by ``drop_labels`` still embed.
+    """
+    for module in model.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+
+
+def drop_labels(
+    labels: Tensor, null_class: int, p: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Replace each label by ``null_class`` with probability ``p``, one draw per sample.
+
+    This is the label dropout that trains the unconditional model for classifier-free
+    guidance (METHOD.md section 3, p = 0.1). The generator may live on another device than
+    the labels (a CPU generator keeps runs reproducible across devices).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"label dropout probability must be in [0, 1], got {p}")
+    device = labels.device if generator is None else generator.device
+    draws = torch.rand(labels.shape, generator=generator, device=device).to(labels.device)
+    return torch.where(draws < p, torch.full_like(labels, null_class), labels)
 
 
 @torch.no_grad()
@@ -92,3 +128,25 @@ def load_checkpoint(folder: Path) -> TrainState | None:
     optimizer = torch.load(latest / "optimizer.pt", weights_only=True)
     step = json.loads((folder / "latest").read_text())["step"]
     return TrainState(step, params, ema, optimizer, tensors["rng"])
+
+
+def resume(
+    folder: Path,
+    params: Mapping[str, torch.Tensor],
+    ema: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Restore a loop from its latest checkpoint under ``folder``, in place; the step to go
+    on from (0 when there is no checkpoint)."""
+    state = load_checkpoint(folder)
+    if state is None:
+        return 0
+    with torch.no_grad():
+        for name, tensor in state.params.items():
+            params[name].copy_(tensor)
+        for name, tensor in state.ema.items():
+            ema[name].copy_(tensor)
+    optimizer.load_state_dict(state.optimizer)
+    generator.set_state(state.generator)
+    return state.step

@@ -1,10 +1,10 @@
 """Train a fresh evaluation network on a (surrogate) set and test it (METHOD.md section 5).
 
-``train_and_evaluate`` runs one network through a protocol: SGD with a step schedule,
-the protocol's augmentation, and a test evaluation every ``protocol.eval_every`` epochs
-and at the end. ``evaluate_repeats`` does that for R freshly initialised networks and
-reports mean and standard deviation of both the last and the best accuracy (the DC
-protocol reports the last, the paper's IDC protocol the best). Accuracies are in percent.
+``evaluate_repeats`` runs R freshly initialised networks through a protocol (SGD with a
+step schedule, the protocol's augmentation, and a test evaluation every
+``protocol.eval_every`` epochs and at the end) and reports mean and standard deviation of
+both the last and the best accuracy (the DC protocol reports the last, the paper's IDC
+protocol the best). Accuracies are in percent.
 
 The whole training set lives on the device as uint8; a batch is indexed, normalised and
 augmented as one tensor, so nothing in the loop runs per image in Python. The R repeats
@@ -33,8 +33,6 @@ from mdd.progress import progress_bar
 from mdd.runtime import seed_everything
 
 TEST_BATCH = 1024
-
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -293,53 +291,6 @@ def batched_on(device: torch.device, batch_repeats: bool | str) -> bool:
     return bool(batch_repeats)
 
 
-def train_and_evaluate(
-    network: str,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    *,
-    protocol: Protocol,
-    num_classes: int,
-    seed: int,
-    device: torch.device | str,
-    norm: str = "instance",
-    on_epoch: EpochCallback | None = None,
-    progress: bool = False,
-) -> EvalResult:
-    """Train a fresh ``network`` on uint8 ``train_images`` and test it on ``test_images``.
-
-    The test runs every ``protocol.eval_every`` epochs and after the last; ``on_epoch(epoch,
-    metrics)`` runs after every epoch (1-based) with ``train_loss``, ``lr`` and, when
-    tested, ``acc``; an exception it raises (a pruner's) propagates.
-    """
-
-    callback = None
-    if on_epoch is not None:
-
-        def callback(r: int, epoch: int, metrics: dict[str, float]) -> None:
-            on_epoch(epoch, metrics)
-
-    repeated = evaluate_repeats(
-        network,
-        train_images,
-        train_labels,
-        test_images,
-        test_labels,
-        protocol=protocol,
-        num_classes=num_classes,
-        repeats=1,
-        seed=seed,
-        device=device,
-        norm=norm,
-        batch_repeats=False,
-        on_epoch=callback,
-        progress=progress,
-    )
-    return repeated.runs[0]
-
-
 def evaluate_repeats(
     network: str,
     train_images: torch.Tensor,
@@ -361,8 +312,10 @@ def evaluate_repeats(
 
     ``batch_repeats`` trains them as one batched computation (``True``), one after the
     other (``False``), or picks by device (``"auto"``, see ``batched_on``); the results
-    are those of independent runs either way. ``on_epoch(repeat, epoch, metrics)`` is
-    ``train_and_evaluate``'s callback with the repeat index (0-based) in front.
+    are those of independent runs either way. The test runs every ``protocol.eval_every``
+    epochs and after the last; ``on_epoch(repeat, epoch, metrics)`` runs after every epoch
+    (1-based) of each repeat (0-based) with ``train_loss``, ``lr`` and, when tested,
+    ``acc``; an exception it raises (a pruner's) propagates.
     """
     if repeats < 1:
         raise ConfigError(f"eval.repeats: {repeats}. Hint: use at least 1.")

@@ -12,19 +12,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from mdd.config import Config
+from mdd.data import DatasetSplits
 from mdd.data.surrogate import save_grid
+from mdd.diffusion.base import BaseModel
 from mdd.diffusion.sampling import make_labels
 from mdd.eval.judge import Judge, load_judge
 from mdd.stages.sample import generate_images
-
-if TYPE_CHECKING:
-    from mdd.pipeline import Core
-    from mdd.stages.pretrain import BaseModel
 
 
 @dataclass
@@ -58,18 +55,22 @@ def consistency_of(
 
 
 def class_consistency(
-    core: Core, base: BaseModel, config: Config, per_class: int, folder: Path
+    data: DatasetSplits,
+    base: BaseModel,
+    config: Config,
+    per_class: int,
+    folder: Path,
+    device: torch.device,
 ) -> ConsistencyResult:
     """Sample ``per_class`` images per class from ``base`` and judge them."""
     started = time.perf_counter()
-    data = core.data
     num_classes = len(data.class_names)
-    judge = load_judge(data, config, core.device)
+    judge = load_judge(data, config, device)
     test_predictions = judge.predict(data.test.images)
     judge_acc = 100.0 * float((test_predictions == data.test.labels).float().mean())
 
     labels = make_labels(num_classes, per_class)
-    images = generate_images(base, labels, base.class_ids, config.sample, config.seed, core.device)
+    images = generate_images(base, labels, config.sample, config.seed, device)
     consistency, per_class_share = consistency_of(judge, images, labels)
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,9 @@ from mdd.data.load import resize_images  # noqa: E402
 from mdd.data.surrogate import read_surrogate  # noqa: E402
 from mdd.eval.protocols import protocol_for  # noqa: E402
 from mdd.eval.train import RepeatedResult, evaluate_repeats  # noqa: E402
+from mdd.stages import MetricLogger  # noqa: E402
 
-MetricLogger = Callable[[dict[str, float], int], None]
+RESULTS_FILE = "results.json"
 AccuracyReport = Callable[[int, float], None]
 
 
@@ -73,11 +74,9 @@ def evaluate_surrogate(
 
     Metrics are named ``<split>/<network>/<last|best>_acc_<mean|std>`` in percent.
     ``report(epoch, acc)`` receives the first network's evaluations as they happen
-    (a sweep's pruner listens there). Results are cached in ``folder/results.json``.
+    (a sweep's pruner listens there). Writes them, with the per-class accuracies, confusion
+    matrices and every network's history, to ``folder/results.json`` (``read_results``).
     """
-    cached = folder / "results.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())["metrics"]
     dataset = read_surrogate(surrogate)
     ipc = dataset.manifest.get("ipc") or config.sample.ipc
     protocol = protocol_for(config, ipc)
@@ -145,5 +144,10 @@ def evaluate_surrogate(
             for network, result in results.items()
         },
     }
-    cached.write_text(json.dumps(record, indent=2, default=list))
+    (folder / RESULTS_FILE).write_text(json.dumps(record, indent=2, default=list))
     return metrics
+
+
+def read_results(folder: Path) -> dict[str, float]:
+    """The metrics ``evaluate_surrogate`` wrote into ``folder``."""
+    return json.loads((folder / RESULTS_FILE).read_text())["metrics"]

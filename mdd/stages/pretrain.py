@@ -5,9 +5,9 @@ so mdd trains its own on the Fashion-MNIST training split, once. A pixel-space
 DiT small enough for a CPU produced noise; a convolutional autoencoder to 7x7x4
 latents plus a latent DiT works, and mirrors the paper's VAE + DiT pipeline.
 
-The result is a *base folder* that loads without this code:
-``autoencoder/`` (config.json + model.safetensors), ``transformer/``
-(diffusers ``save_pretrained``, EMA weights) and ``base.json``.
+The result is a *base folder* that loads without this code
+(``mdd.diffusion.base.load_base``): ``autoencoder/`` (config.json + model.safetensors),
+``transformer/`` (diffusers ``save_pretrained``, EMA weights) and ``base.json``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,44 +30,21 @@ from mdd.diffusion.autoencoder import (
     save_autoencoder,
     train_conv_autoencoder,
 )
-from mdd.diffusion.backbone import create_backbone, load_backbone
-from mdd.diffusion.difffit import disable_block_label_dropout, drop_labels
+from mdd.diffusion.backbone import create_backbone, predict
 from mdd.diffusion.losses import diffusion_loss
 from mdd.diffusion.schedule import NoiseSchedule
 from mdd.diffusion.training import (
     TrainState,
     check_finite,
-    load_checkpoint,
+    disable_block_label_dropout,
+    drop_labels,
+    resume,
     save_checkpoint,
     update_ema,
     warmup_lr,
 )
 from mdd.progress import progress_bar
-
-MetricLogger = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class BaseModel:
-    """A class-conditional diffusion model and its autoencoder, ready to fine-tune."""
-
-    autoencoder: Autoencoder
-    transformer: DiTTransformer2DModel
-    num_classes: int  # classes of the dataset (labels 0..num_classes-1)
-    latent_shape: tuple[int, int, int]
-    identity: str  # what the base is, for cache keys and provenance
-    # Dataset class index -> the backbone's class id: the identity for a base mdd
-    # pretrained, ImageNet indices for DiT-XL/2 (METHOD.md section 3).
-    class_ids: torch.Tensor
-
-    @property
-    def null_class(self) -> int:
-        return int(self.transformer.config.num_embeds_ada_norm)
-
-    @property
-    def learned_variance(self) -> bool:
-        config = self.transformer.config
-        return config.out_channels == 2 * config.in_channels
+from mdd.stages import MetricLogger
 
 
 def prepare_autoencoder(
@@ -129,16 +104,8 @@ def pretrain_transformer(
     count = latents.mean.shape[0]
     total_steps = math.ceil(pre.epochs * count / pre.batch_size)
     checkpoints = folder / "checkpoints"
-    start = 0
-    if (state := load_checkpoint(checkpoints)) is not None:
-        with torch.no_grad():
-            for name, tensor in state.params.items():
-                params[name].copy_(tensor)
-            for name, tensor in state.ema.items():
-                ema[name].copy_(tensor)
-        optimizer.load_state_dict(state.optimizer)
-        generator.set_state(state.generator)
-        start = state.step
+    start = resume(checkpoints, params, ema, optimizer, generator)
+    if start:
         print(f"resuming pretraining at step {start} of {total_steps}")
 
     model.train()
@@ -153,11 +120,11 @@ def pretrain_transformer(
         index = torch.randint(count, (pre.batch_size,), generator=generator)
         x0 = latents.sample(index, generator).to(device)
         labels = drop_labels(latents.labels[index], null_class, pre.label_dropout, generator)
-        t = torch.randint(0, schedule.num_timesteps, (pre.batch_size,), generator=generator)
+        t = schedule.sample_timesteps(pre.batch_size, generator)
         noise = torch.randn(x0.shape, generator=generator)
         t, noise, labels = t.to(device), noise.to(device), labels.to(device)
         x_t = schedule.add_noise(x0, t, noise)
-        output = model(hidden_states=x_t, timestep=t, class_labels=labels).sample
+        output = predict(model, x_t, t, labels)
         loss = diffusion_loss(output, x0, x_t, t, noise, schedule, learned_variance=False).total
         check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
@@ -227,38 +194,3 @@ def pretrain_base(
     }
     (folder / "base.json").write_text(json.dumps(manifest, indent=2))
     return folder
-
-
-def load_base(folder: Path, device: torch.device) -> BaseModel:
-    """Load a base folder written by ``pretrain_base`` (or shipped with mdd)."""
-    manifest = json.loads((folder / "base.json").read_text())
-    autoencoder = load_autoencoder(folder / "autoencoder").to(device)
-    transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer").to(device)
-    config = transformer.config
-    shape = (config.in_channels, config.sample_size, config.sample_size)
-    num_classes = len(manifest["class_names"])
-    return BaseModel(
-        autoencoder=autoencoder,
-        transformer=transformer.eval(),
-        num_classes=num_classes,
-        latent_shape=shape,
-        identity=f"base:{folder.name}",
-        class_ids=torch.arange(num_classes),
-    )
-
-
-def load_pretrained_base(
-    cfg: Config, class_ids: list[int], image_shape: tuple[int, int, int], device: torch.device
-) -> BaseModel:
-    """A base the user brings (DiT-XL/2 and the SD VAE, METHOD.md section 3), not trained here."""
-    transformer = load_backbone(cfg.model.preset, cfg.model.path).to(device).eval()
-    autoencoder = build_autoencoder(cfg.autoencoder).to(device)
-    shape = tuple(autoencoder.latent_shape(image_shape))
-    return BaseModel(
-        autoencoder=autoencoder,
-        transformer=transformer,
-        num_classes=len(class_ids),
-        latent_shape=shape,  # type: ignore[arg-type]
-        identity=f"{cfg.model.preset}:{cfg.model.path}",
-        class_ids=torch.tensor(class_ids),
-    )

@@ -7,30 +7,32 @@ does not depend on the batch size (METHOD.md section 3).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from mdd.config import SampleConfig
+from mdd.config import Config, SampleConfig
 from mdd.data.surrogate import write_surrogate
+from mdd.diffusion.base import BaseModel
 from mdd.diffusion.sampling import make_labels, sample_latents
 from mdd.runtime import autocast_dtype
-from mdd.stages.pretrain import BaseModel
+from mdd.stages import surrogate_manifest
 
 
 def generate_images(
     base: BaseModel,
     labels: torch.Tensor,
-    label_map: torch.Tensor,
     cfg: SampleConfig,
     seed: int,
     device: torch.device,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Decoded uint8 images, one per dataset label, with the model's current weights."""
+    """Decoded uint8 images, one per dataset label, from the base with ``weights`` in place
+    of its own trained tensors (the base as it is when None)."""
     latents = sample_latents(
         base.transformer,
-        label_map[labels],
+        base.class_ids[labels],
         base.latent_shape,
         guidance_scale=cfg.guidance_scale,
         guided_channels=cfg.guided_channels,
@@ -41,22 +43,23 @@ def generate_images(
         device=device,
         autocast_dtype=autocast_dtype(device),
         progress=True,
+        weights=weights,
     )
     return base.autoencoder.decode_batched(latents, cfg.batch_size, device)
 
 
 def sample_surrogate(
     base: BaseModel,
-    label_map: torch.Tensor,
+    weights: Mapping[str, torch.Tensor],
+    source: Path,
     class_names: list[str],
-    cfg: SampleConfig,
-    seed: int,
+    config: Config,
     folder: Path,
     device: torch.device,
-    manifest: dict[str, Any],
 ) -> Path:
-    """Write IPC generated images per class as a surrogate dataset folder."""
-    labels = make_labels(base.num_classes, cfg.ipc)
-    images = generate_images(base, labels, label_map, cfg, seed, device)
-    manifest = {**manifest, "seed": seed, "sample": cfg.model_dump()}
+    """Write IPC generated images per class, sampled with ``weights`` (read from ``source``),
+    as a surrogate dataset folder."""
+    labels = make_labels(base.num_classes, config.sample.ipc)
+    images = generate_images(base, labels, config.sample, config.seed, device, weights)
+    manifest = surrogate_manifest(config, source, sample=config.sample.model_dump())
     return write_surrogate(folder, images, labels, class_names, manifest)

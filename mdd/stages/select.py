@@ -17,6 +17,7 @@ from mdd.config import Config
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import write_surrogate
 from mdd.eval.judge import load_judge
+from mdd.stages import surrogate_manifest
 
 
 def _features(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
@@ -52,13 +53,7 @@ def select_surrogate(
     data: DatasetSplits, config: Config, folder: Path, device: torch.device
 ) -> Path:
     index = SELECTORS[config.method](data, config, device)
-    manifest = {
-        "method": config.method,
-        "config_hash": config.section_hash(),
-        "source_checkpoint": None,
-        "seed": config.seed,
-        "data_fingerprint": data.fingerprint,
-    }
+    manifest = surrogate_manifest(config, None, data_fingerprint=data.fingerprint)
     train = data.train
     return write_surrogate(
         folder, train.images[index], train.labels[index], data.class_names, manifest

@@ -1,7 +1,7 @@
 """``mdd-sweep``: an Optuna study over a single run's settings; the only module using Optuna.
 
 A trial is ``mdd-run`` with overrides: the worker turns the trial's suggestions
-into a config and calls ``pipeline.execute`` under a nested MLflow run. What is
+into a config and calls ``mdd.pipeline.execute`` under a nested MLflow run. What is
 expensive is shared: each worker process loads the dataset and base model once
 (``Core``), and the content-addressed stage cache lets every trial with equal
 fine-tuning settings reuse one fine-tuned model.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,9 +38,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from mdd.cache import file_lock
 from mdd.config import Config
+from mdd.core import Core
 from mdd.errors import ConfigError, MddError, Pruned
-from mdd.pipeline import Core, execute
+from mdd.pipeline import execute
 from mdd.sweep.config import (
     ParamSpec,
     SweepConfig,
@@ -96,14 +97,8 @@ def study_lock(url: str) -> Iterator[None]:
             engine.dispose()
         return
     path = Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else Path.cwd() / "runs"
-    lock_file = Path(f"{path}.lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(Path(f"{path}.lock")):
+        yield
 
 
 def _storage_error(url: str, exc: Exception) -> MddError:
@@ -300,17 +295,23 @@ class Worker:
             self.cores[key] = Core.load(config)
         return self.cores[key]
 
+    def trial_id(self, study: optuna.Study, trial: Trial) -> int:
+        """The storage's id of ``trial``, which its heartbeats are recorded under."""
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
     def run_trial(self, study: optuna.Study, trial: Trial, ipc: int, parent: RunHandle) -> None:
         state, values, reason = TrialState.COMPLETE, None, None
+        trial_id = self.trial_id(study, trial)
         tags = {
             "mdd.sweep": self.sweep.name,
             "mdd.study": study.study_name,
             "mdd.trial_number": trial.number,
-            "mdd.optuna_trial_id": trial._trial_id,
+            "mdd.optuna_trial_id": trial_id,
             "mdd.worker_pid": os.getpid(),
             "mdd.ipc": ipc,
         }
-        with Heartbeat(self.storage, trial._trial_id, self.sweep.heartbeat_s):
+        with Heartbeat(self.storage, trial_id, self.sweep.heartbeat_s):
             try:
                 with self.tracker.run(f"trial-{trial.number}", tags=tags, parent=parent) as run:
                     trial.set_user_attr("mlflow_run_id", run.run_id)

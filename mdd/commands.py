@@ -1,0 +1,112 @@
+"""The commands around a run: ``mdd-run`` itself, ``mdd pretrain`` and ``mdd consistency``
+(the base model alone, outside a run)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from mdd.cache import claim
+from mdd.config import Config
+from mdd.core import Core
+from mdd.errors import MddError
+from mdd.pipeline import RunResult, run_with_core
+from mdd.plan import base_stage, format_plan, plan
+from mdd.stages.consistency import class_consistency
+from mdd.tracking import RunHandle, Tracker, provenance_tags
+
+BASE_PARTS = ("autoencoder", "transformer", "base.json")  # what a base folder holds
+
+
+def format_summary(result: RunResult) -> str:
+    lines = [f"{'stage':<10} {'cached':<7} {'wall s':>8}"]
+    for name, info in result.stages.items():
+        lines.append(f"{name:<10} {str(info['cached']):<7} {info['wall_s']:>8.1f}")
+    for name, value in sorted(result.metrics.items()):
+        lines.append(f"{name:<32} {value:.4f}")
+    return "\n".join(lines)
+
+
+def run_experiment(config: Config, config_path: str, dry_run: bool = False) -> int:
+    """``mdd-run``: one parent MLflow run with a nested run per stage."""
+    core = Core.load(config)
+    print(format_plan(plan(config, core.data.fingerprint)))
+    if dry_run:
+        return 0
+    result = run_with_core(core, config, Tracker(config.tracking), {"mdd.config_file": config_path})
+    print(format_summary(result))
+    return 0
+
+
+def pretrain_only(config: Config, export: str | None = None) -> Path:
+    """Train (or reuse) the base model, then measure its class consistency."""
+    if config.pretrain.checkpoint is not None:
+        raise MddError(
+            f"pretrain.checkpoint is set ({config.pretrain.checkpoint}): there is nothing to "
+            "pretrain. Hint: add --set pretrain.checkpoint=null to train a new base."
+        )
+    core = Core.load(config)
+    stage = base_stage(config, core.data.fingerprint)
+    tracker = Tracker(config.tracking)
+    tags = provenance_tags(config, core.data.fingerprint, str(core.device))
+    tags |= {"mdd.stage": "pretrain", "mdd.base_key": stage.key, "mdd.cached": stage.cached}
+    with tracker.run(f"{config.name}-pretrain", tags=tags) as run:
+        run.log_params({k: config.to_dict()[k] for k in ("data", "autoencoder", "model")})
+        run.log_params({"pretrain": config.pretrain.model_dump(mode="json"), "seed": config.seed})
+        run.log_config(config)
+        started = time.perf_counter()
+        with claim(stage) as step:
+            base = core.base(step, config, run.log_series).model
+        run.log_metrics({"pretrain_wall_s": time.perf_counter() - started})
+        result = class_consistency(
+            core.data, base, config, 100, stage.folder / "consistency", core.device
+        )
+        run.log_metrics({"class_consistency": result.consistency})
+        run.log_artifact(result.grid)
+    print(f"base model: {stage.folder} (key {stage.key})")
+    print(result.describe())
+    if export:
+        target = Path(export)
+        for part in BASE_PARTS:
+            source = stage.folder / part
+            if source.is_dir():
+                shutil.copytree(source, target / part, dirs_exist_ok=True)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target / part)
+        print(f"exported to {target}")
+    return stage.folder
+
+
+def measure_consistency(config: Config, per_class: int = 100) -> float:
+    """Judge the base model; log it on its pretraining run when that run is found."""
+    core = Core.load(config)
+    stage = base_stage(config, core.data.fingerprint)
+    if config.pretrain.checkpoint is None and not stage.cached:
+        raise MddError(
+            "the base model of this config is not pretrained yet. "
+            f"Hint: run `mdd pretrain {config.name}` first, or set pretrain.checkpoint."
+        )
+    with claim(stage) as step:
+        base = core.base(step, config, lambda metrics, step: None).model
+    result = class_consistency(
+        core.data, base, config, per_class, stage.folder / "consistency", core.device
+    )
+    print(result.describe())
+    tracker = Tracker(config.tracking)
+    metrics = {"class_consistency": result.consistency, "judge_test_acc": result.judge_test_acc}
+
+    def record(handle: RunHandle) -> None:
+        handle.log_metrics(metrics)
+        handle.log_artifact(result.grid)
+
+    found = tracker.find_tagged("mdd.base_key", stage.key)
+    if found is not None:
+        record(found)
+        return result.consistency
+    tags = provenance_tags(config, core.data.fingerprint, str(core.device))
+    tags["mdd.base_key"] = stage.key
+    with tracker.run(f"{config.name}-consistency", tags=tags) as run:
+        record(run)
+    return result.consistency

@@ -1,0 +1,79 @@
+"""The stages a config runs and the cache key of each: the hash of all its result depends on.
+
+Keys chain: a fine-tune's key holds its base's, a sample's holds its fine-tune's, and so
+on, so changing one setting invalidates exactly the stages downstream of it. Every key
+below the base holds the data fingerprint, whatever the base (a shipped or ``model.path``
+base's key says nothing of the data fine-tuned on).
+"""
+
+from __future__ import annotations
+
+from mdd.cache import Stage, digest, folder_identity
+from mdd.config import Config
+from mdd.errors import MddError
+from mdd.eval.judge import judge_cache_path
+
+
+def base_key(config: Config, fingerprint: str) -> str:
+    if config.model.path is not None:
+        return digest(
+            "pretrained",
+            config.model.preset,
+            config.model.path,
+            config.autoencoder.model_dump(mode="json"),
+        )
+    if config.pretrain.checkpoint is not None:
+        folder = config.pretrain.checkpoint
+        if not (folder / "base.json").is_file():
+            raise MddError(
+                f"pretrain.checkpoint: {folder} is not a base model folder (no base.json). "
+                "Hint: create one with `mdd pretrain CONFIG --export FOLDER`."
+            )
+        return "shipped-" + folder_identity(folder)
+    return digest(
+        fingerprint,
+        config.autoencoder.model_dump(mode="json"),
+        config.model.preset,
+        config.pretrain.model_dump(mode="json"),
+        config.seed,
+    )
+
+
+def base_stage(config: Config, fingerprint: str) -> Stage:
+    key = base_key(config, fingerprint)
+    return Stage("pretrain", key, config.cache_dir / "base" / key)
+
+
+def plan(config: Config, fingerprint: str) -> list[Stage]:
+    """The stages this config runs, in order, each with the key of everything it depends on."""
+    root = config.cache_dir
+    stages: list[Stage] = []
+    if config.generative:
+        base = base_stage(config, fingerprint)
+        stages.append(base)
+        tuned = config.effective_finetune().model_dump(mode="json")
+        tune = digest(base.key, fingerprint, config.data.image_size, tuned, config.seed)
+        stages.append(Stage("finetune", tune, root / "finetune" / tune))
+        # exclude_none: settings added later with a None default keep earlier keys valid.
+        sampling = config.sample.model_dump(mode="json", exclude_none=True)
+        made = digest(tune, sampling, config.seed)
+        stages.append(Stage("sample", made, root / "surrogate" / made))
+    else:
+        # `full` takes the whole training split whatever the IPC: one selection serves all.
+        ipc = None if config.method == "full" else config.sample.ipc
+        made = digest(fingerprint, config.method, ipc, config.seed)
+        stages.append(Stage("select", made, root / "surrogate" / made))
+    if config.judge.diagnostics:
+        # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.
+        # The judge's file name holds all that makes it (network, resolution, epochs, ...).
+        measured = digest(made, judge_cache_path(config, fingerprint).name, "diagnose")
+        stages.append(Stage("diagnose", measured, root / "diagnostics" / measured))
+    judged = digest(made, config.eval.model_dump(mode="json"), config.seed)
+    stages.append(Stage("evaluate", judged, root / "eval" / judged))
+    return stages
+
+
+def format_plan(stages: list[Stage]) -> str:
+    lines = [f"{'stage':<10} {'key':<18} state"]
+    lines += [f"{s.name:<10} {s.key:<18} {'cached' if s.cached else 'to run'}" for s in stages]
+    return "\n".join(lines)
