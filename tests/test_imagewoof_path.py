@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from mdd.baselines import select_herding
+from mdd.cache import claim
 from mdd.cli import run_main
 from mdd.config import load_config
 from mdd.core import Core
@@ -87,7 +88,9 @@ def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(woof_conf
     surrogate = read_surrogate(stages["sample"].folder / "data")
     assert surrogate.images.shape == (20, 3, 32, 32)  # decoded by the VAE, RGB
     assert surrogate.labels.bincount().tolist() == [2] * 10
-    base, trainable = core.base(stages["pretrain"], config, lambda metrics, step: None)
+    with claim(stages["pretrain"]) as step:
+        loaded = core.base(step, config, lambda metrics, step: None)
+    base, trainable = loaded.model, loaded.trainable
     assert base.learned_variance
     assert base.latent_shape == (4, 16, 16)
     woof = subset_wnids("woof")
@@ -95,7 +98,7 @@ def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(woof_conf
     assert base.class_ids.tolist()[:3] == [193, 182, 258]  # Australian, Border terrier, Samoyed
     assert trainable.selection["gamma"] > 0  # DiffFit on the DiT-XL/2 design
     # The latents were cached with flips (the paper's augmentation): 2 x training images.
-    assert len(core.latents) == 2 * len(core.data.train)
+    assert len(loaded.latents) == 2 * len(core.data.train)
 
 
 def test_an_imagenet_subsets_judge_sees_its_normalisation_at_the_evaluation_resolution(
