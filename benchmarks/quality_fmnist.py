@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 # benchmarks/speed.py and results.py, beside this script.
-from quality_results import RESULTS, read_result, result_path, write_result
+from quality_results import COLUMNS, PLUGINS, RESULTS, read_result, result_path, write_result
 from speed import hardware
 
 from mdd.cli import add_set_argument, stop_on_sigterm
@@ -47,6 +47,7 @@ from mdd.config import Config, load_config
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.eval.protocols import protocol_for
+from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import plan as stage_plan
 from mdd.report import DIAGNOSTICS, mean_std
@@ -56,7 +57,6 @@ from mdd.tracking import Tracker, redact
 ROOT = Path(__file__).resolve().parents[1]
 NETWORK = "convnet3"
 PUBLISHED_WEIGHTS = (0.002, 0.008)  # lambda_r, lambda_d (METHOD.md section 2)
-COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
 # Settings that say where, not what: they stay out of a result file's config hash.
 WHERE_KEYS = ("name", "device", "cache_dir", "tracking")
 WHERE_DATA_KEYS = ("root", "val_root", "download_dir")
@@ -140,8 +140,25 @@ class Cell:
 Weights = tuple[float, float]  # lambda_r, lambda_d
 
 
-def _method(column: str) -> str:
-    return "minimax" if column == "minimax-swept" else column
+def _tuning(column: str) -> str:
+    """Which fine-tune a column's cells use: its first part (``minimax-swept+mode``: swept)."""
+    return column.split("+", 1)[0]
+
+
+def column_overrides(column: str) -> list[str]:
+    """The method and plug-ins of a column: ``minimax-swept`` is minimax (with the swept
+    weights, set apart), ``dit+mode+confidence`` a composition (``mdd.methods``)."""
+    tuning, *plugins = column.split("+")
+    method = "minimax" if tuning == "minimax-swept" else tuning
+    return composition_overrides("+".join([method, *plugins]))
+
+
+def _column(text: str) -> str:
+    try:
+        column_overrides(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _shown(path: Path) -> str:
@@ -179,7 +196,7 @@ def cell_config(
     overrides = [
         *mode.overrides,
         f"name={experiment}-{column}-ipc{ipc}",
-        f"method={_method(column)}",
+        *column_overrides(column),
         f"sample.ipc={ipc}",
         f"eval.repeats={args.repeats or mode.repeats}",
         f"tracking.experiment={experiment}",
@@ -229,6 +246,9 @@ def cell_record(
         "column": cell.column,
         "ipc": cell.ipc,
         "method": config.method,
+        "composition": config.composition,
+        "guidance": config.sample.guidance.model_dump() if config.sample.guidance else None,
+        "selection": config.selection.model_dump() if config.selection else None,
         "lambda_r": weights[0] if weights else None,
         "lambda_d": weights[1] if weights else None,
         "protocol": config.eval.protocol,
@@ -374,7 +394,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ipc", type=_positive_int, nargs="+", help="default: 1 10 50 (quick: 1 2)"
     )
-    parser.add_argument("--methods", nargs="+", choices=COLUMNS, help="default: all")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        type=_column,
+        metavar="COLUMN",
+        help=f"default: {' '.join(COLUMNS + PLUGINS)}; any composition such as dit+mode+kcenter "
+        "or minimax-swept+mode",
+    )
     parser.add_argument(
         "--repeats", type=_positive_int, help="networks per cell (default 3; quick 1)"
     )
@@ -424,17 +451,17 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
                 f"--set {text!r}: the benchmark sets {', '.join(GRID_KEYS)} itself. "
                 "Hint: use --methods and --ipc."
             )
-    columns = list(args.methods or COLUMNS)
+    columns = list(args.methods or COLUMNS + PLUGINS)
     ipcs = sorted(set(args.ipc or mode.ipcs))
     weights: dict[str, tuple[Weights | None, str]] = {
         "minimax": (PUBLISHED_WEIGHTS, "the published defaults (METHOD.md section 2)")
     }
-    if "minimax-swept" in columns:
+    if any(_tuning(column) == "minimax-swept" for column in columns):
         weights["minimax-swept"] = swept_weights(args, args.sweep or mode.sweep)
     plan = []
     for ipc in ipcs:
         for column in columns:
-            lambdas = weights[column][0] if column in weights else None
+            lambdas = weights[_tuning(column)][0] if _tuning(column) in weights else None
             plan.append((Cell(column, ipc), cell_config(mode, args, column, ipc, lambdas)))
     first = plan[0][1]
     core = Core.load(first)
@@ -444,8 +471,9 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
     for index, (cell, config) in enumerate(plan, start=1):
         cell.repeats = config.eval.repeats
         cell.eval_epochs = protocol_for(config, cell.ipc).epochs
-        lambdas = weights[cell.column][0] if cell.column in weights else None
-        if cell.column in weights and lambdas is None:
+        tuning = _tuning(cell.column)
+        lambdas = weights[tuning][0] if tuning in weights else None
+        if tuning in weights and lambdas is None:
             cell.status = "skipped"
             continue
         path = result_path(results, cell.column, cell.ipc) if results else None
@@ -461,8 +489,8 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
         left = sum(1 for c, _ in plan[index - 1 :] if c.status == "to run")
         print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc} ({eta(spent, left)})")
         tags = {"mdd.config_file": _shown(mode.experiment), "mdd.benchmark": "quality_fmnist"}
-        if cell.column == "minimax-swept":
-            tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[cell.column][1]}
+        if tuning == "minimax-swept":
+            tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[tuning][1]}
         started_cell = time.perf_counter()
         result = run_cell(core, tracker, config, cell, tags)
         if result is not None and len(cell.cached_stages) < len(result.stages):
@@ -479,7 +507,7 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
         "weights": {
             column: {"lambdas": lambdas, "source": source}
             for column, (lambdas, source) in weights.items()
-            if column in columns
+            if column in {_tuning(c) for c in columns}
         },
         "cached_only": args.cached_only,
         "hardware": hardware(core.device),

@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SCHEMA = 1
 COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
+# Plug-in compositions (``mdd.methods``) of the grid, in a table of their own: MGD3's mode
+# guidance and generate-then-select by the judge's confidence, on each fine-tune.
+PLUGINS = ("base+mode", "dit+mode", "minimax+mode", "dit+confidence", "minimax+confidence")
 _NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)\.json")
 
 
@@ -55,7 +58,7 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     for path in sorted(folder.glob("*.json")):
         if _NAME.fullmatch(path.name) and (record := read_result(path)) is not None:
             records.append(record)
-    order = {column: index for index, column in enumerate(COLUMNS)}
+    order = {column: index for index, column in enumerate(COLUMNS + PLUGINS)}
     return sorted(records, key=lambda r: (r["ipc"], order.get(r["column"], len(order))))
 
 
@@ -76,6 +79,27 @@ def render_table(records: list[dict[str, Any]], published: dict[int, str]) -> st
     for ipc in ipcs:
         cells = [_cell(by_cell.get((column, ipc))) for column in COLUMNS]
         lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {published.get(ipc, '')} |")
+    return "\n".join(lines)
+
+
+def render_plugins(records: list[dict[str, Any]]) -> str:
+    """Rows IPC, columns the plug-in compositions (the grid's, then any other measured), with
+    each cell's intra-class cosine (judge features) beside its accuracy."""
+    plugins = [r for r in records if r["column"] not in COLUMNS]
+    if not plugins:
+        return "No plug-in composition has a result file yet."
+    measured = {r["column"] for r in plugins}
+    columns = [c for c in PLUGINS if c in measured] + sorted(measured - set(PLUGINS))
+    by_cell = {(r["column"], r["ipc"]): r for r in plugins}
+    lines = ["| IPC | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for ipc in sorted({r["ipc"] for r in plugins}):
+        cells = []
+        for column in columns:
+            record = by_cell.get((column, ipc))
+            cosine = (record or {}).get("diagnostics", {}).get("intra_cosine_features")
+            text = _cell(record)
+            cells.append(text if cosine is None else f"{text} (cos {cosine:.3f})")
+        lines.append(f"| {ipc} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from quality_results import RESULTS, load_results, render_sources, render_table, replace_block
+from quality_results import (
+    RESULTS,
+    load_results,
+    render_plugins,
+    render_sources,
+    render_table,
+    replace_block,
+)
 
 # METHOD.md section 6: DC / DSA on Fashion-MNIST, ConvNet-3 (KIP and the whole set in the text).
 PUBLISHED = {"fashion_mnist": {1: "70.5 / 70.6", 10: "82.3 / 84.6", 50: "83.6 / 88.7"}}
@@ -32,7 +39,8 @@ def render(dataset: str, folder: Path | None = None) -> str:
         if dataset in WHOLE_SET
         else "Last-epoch test accuracy %, mean ± std over the networks of each cell."
     )
-    return f"{table}\n\n{notes}\n\n{sources}"
+    plugins = render_plugins(records)
+    return f"{table}\n\n{notes}\n\nPlug-in compositions (`mdd.methods`):\n\n{plugins}\n\n{sources}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,3 +99,15 @@ def select_kcenter(
             start = int(torch.randint(len(m), (1,), generator=generator))
         picks.append(m[kcenter_order(x, ipc, start)])
     return torch.cat(picks)
+
+
+def select_confident(probabilities: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
+    """Per class, the ``ipc`` items a classifier gives the highest probability of their own
+    class (``probabilities`` [n, classes]); ties keep the earlier item."""
+    labels = labels.cpu()
+    own = probabilities.cpu().double().gather(1, labels.unsqueeze(1)).squeeze(1)
+    picks = []
+    for m in _class_members(labels, ipc):
+        order = torch.sort(own[m], descending=True, stable=True).indices
+        picks.append(m[order[:ipc]])
+    return torch.cat(picks)

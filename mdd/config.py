@@ -28,8 +28,10 @@ from pydantic import (
 
 from mdd.errors import ConfigError
 
-Method = Literal["minimax", "dit", "random", "herding", "kcenter", "full"]
-GENERATIVE = ("minimax", "dit")  # the methods that fine-tune and sample; the rest select
+# minimax and dit (minimax with weights 0) fine-tune, then sample; base samples the pretrained
+# model as it is; the rest select real training images.
+Method = Literal["minimax", "dit", "base", "random", "herding", "kcenter", "full"]
+GENERATIVE = ("minimax", "dit", "base")
 
 
 class Section(BaseModel):
@@ -163,6 +165,15 @@ class FinetuneConfig(Section):
         return PAPER_EMA_BASE_SHARE ** (1.0 / steps)
 
 
+class GuidanceConfig(Section):
+    """A sampling guidance plug-in (``mdd.methods``); ``mode`` is MGD3's mode guidance."""
+
+    kind: Literal["none", "mode"] = "mode"
+    weight: float = Field(0.1, ge=0)  # MGD3's lambda
+    # Guided while the respaced step index (steps - 1 down to 0) is above it; MGD3: 25 of 50.
+    stop_step: int = Field(25, ge=0)
+
+
 class SampleConfig(Section):
     ipc: int = Field(10, ge=1)
     guidance_scale: float = Field(2.0, ge=1)
@@ -171,6 +182,28 @@ class SampleConfig(Section):
     steps: int = Field(50, ge=1)
     scheduler: Literal["ddpm", "ddim"] = "ddpm"
     batch_size: int = Field(250, ge=1)
+    # None (or kind none): plain classifier-free guided sampling. None keeps earlier keys.
+    guidance: GuidanceConfig | None = None
+
+    @model_validator(mode="after")
+    def _guidance_needs_ddpm(self) -> SampleConfig:
+        if self.guidance is not None and self.guidance.kind == "none":
+            self.guidance = None
+        if self.guidance is not None and self.scheduler != "ddpm":
+            raise ValueError(
+                f"sample.guidance {self.guidance.kind} steers the DDPM sampler's steps; "
+                "use sample.scheduler: ddpm"
+            )
+        return self
+
+
+class SelectionConfig(Section):
+    """Generate-then-select (``mdd.methods``): ``oversample`` x IPC candidates per class,
+    of which IPC are kept by herding or k-center in the judge's features, or by the judge's
+    confidence in the intended class."""
+
+    kind: Literal["none", "herding", "kcenter", "confidence"] = "herding"
+    oversample: int = Field(4, ge=2)
 
 
 class EvalConfig(Section):
@@ -222,10 +255,34 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # Generate-then-select, for the generative methods; None (or kind none): keep every sample.
+    selection: SelectionConfig | None = None
+
+    @model_validator(mode="after")
+    def _selection_of_samples(self) -> Config:
+        if self.selection is not None and self.selection.kind == "none":
+            self.selection = None
+        if self.selection is not None and not self.generative:
+            raise ValueError(
+                f"selection picks among generated candidates; method {self.method} selects "
+                "real images itself. Hint: remove selection, or use minimax, dit or base."
+            )
+        return self
 
     @property
     def generative(self) -> bool:
         return self.method in GENERATIVE
+
+    @property
+    def composition(self) -> str:
+        """The method as its parts: fine-tune, then guidance and selection when there are
+        any, e.g. ``minimax``, ``dit+kcenter``, ``base+mode+confidence``."""
+        parts = [self.method]
+        if self.sample.guidance is not None:
+            parts.append(self.sample.guidance.kind)
+        if self.selection is not None:
+            parts.append(self.selection.kind)
+        return "+".join(parts)
 
     def effective_finetune(self) -> FinetuneConfig:
         """What fine-tuning runs: the ``dit`` baseline is minimax with both weights 0."""

@@ -51,13 +51,24 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     if config.generative:
         base = base_stage(config, fingerprint)
         stages.append(base)
-        tuned = config.effective_finetune().model_dump(mode="json")
-        tune = digest(base.key, fingerprint, config.data.image_size, tuned, config.seed)
-        stages.append(Stage("finetune", tune, root / "finetune" / tune))
+        if config.method == "base":  # sampled as pretrained: the data only shapes guidance
+            tune = digest("untuned", base.key, fingerprint, config.data.image_size)
+        else:
+            tuned = config.effective_finetune().model_dump(mode="json")
+            tune = digest(base.key, fingerprint, config.data.image_size, tuned, config.seed)
+            stages.append(Stage("finetune", tune, root / "finetune" / tune))
         # exclude_none: settings added later with a None default keep earlier keys valid.
         sampling = config.sample.model_dump(mode="json", exclude_none=True)
-        made = digest(tune, sampling, config.seed)
-        stages.append(Stage("sample", made, root / "surrogate" / made))
+        if config.selection is None:
+            made = digest(tune, sampling, config.seed)
+            stages.append(Stage("sample", made, root / "surrogate" / made))
+        else:
+            # One candidate pool serves every selection rule with the same oversampling.
+            pool = digest(tune, sampling, config.seed, {"oversample": config.selection.oversample})
+            stages.append(Stage("sample", pool, root / "surrogate" / pool))
+            judge = judge_cache_path(config, fingerprint).name
+            made = digest(pool, config.selection.kind, judge, "select")
+            stages.append(Stage("select", made, root / "surrogate" / made))
     else:
         # `full` takes the whole training split whatever the IPC: one selection serves all.
         ipc = None if config.method == "full" else config.sample.ipc

@@ -20,7 +20,7 @@ from mdd.errors import MddError
 from mdd.tracking import finished_runs, redact, tracking_uri
 
 # Baselines first, the paper's method last, the whole dataset as the upper bound after it.
-METHOD_ORDER = ("random", "herding", "kcenter", "dit", "minimax", "full")
+METHOD_ORDER = ("random", "herding", "kcenter", "base", "dit", "minimax", "full")
 LEGEND = (
     "Accuracy in % on the test split, mean ± std over `repeats` networks trained from "
     "scratch on the surrogate set. **last** = accuracy after the last training epoch; "
@@ -118,7 +118,8 @@ def _test_results(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 def _method_rank(method: str) -> tuple[int, str]:
-    base = method.split("-", 1)[0]  # a variant (minimax-swept) sorts after its method
+    # A variant (minimax-swept) or a composition (minimax+mode) sorts after its fine-tune.
+    base = re.split(r"[-+]", method, maxsplit=1)[0]
     return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
@@ -135,7 +136,7 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
         if not results:
             continue
         params = run["params"]
-        method = params.get("method") or run["tags"].get("mdd.method")
+        method = params.get("composition") or params.get("method") or run["tags"].get("mdd.method")
         if method is None or "sample.ipc" not in params:
             unplaced.append(run["run_id"])
             continue

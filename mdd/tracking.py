@@ -102,6 +102,7 @@ def provenance_tags(config: Config, data_fingerprint: str | None, device: str) -
         "mdd.device": device,
         "mdd.host": platform.node(),
         "mdd.method": config.method,
+        "mdd.composition": config.composition,
     }
     for package in ("torch", "diffusers", "mlflow", "optuna"):
         tags[f"mdd.version.{package}"] = _version(package)
@@ -176,7 +177,9 @@ class RunHandle:
         self.tracker.client.log_text(self.run_id, redact(text), file_name)
 
     def log_config(self, config: Config) -> None:
-        """The resolved configuration, as the YAML file that reproduces this run."""
+        """The resolved configuration, as the YAML file that reproduces this run, and the
+        method's composition (``minimax+mode``, ...) as a param of its own."""
+        self.log_params({"composition": config.composition})
         self.log_text(config.to_yaml(), "config.yaml")
 
 

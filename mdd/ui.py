@@ -24,6 +24,7 @@ MODEL_TRAINING = "custom_model_development"
 VIEW_KEY = "mdd-headline"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 HEADLINE_PARAMS = (
+    "composition",
     "method",
     "sample.ipc",
     "finetune.lambda_r",
@@ -36,8 +37,8 @@ _LAST_ACCURACY = re.compile(r"(test|val)/[^/]+/last_acc_mean")
 
 def headline_params(config: Config) -> dict[str, Any]:
     """The config's values of the headline params (a sweep trial logs only what it searches)."""
-    values, data = {}, config.to_dict()
-    for key in HEADLINE_PARAMS:
+    values, data = {"composition": config.composition}, config.to_dict()
+    for key in HEADLINE_PARAMS[1:]:
         value: Any = data
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None

@@ -23,9 +23,9 @@ from tests.conftest import write_tiny_fashion_mnist
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality_fmnist.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
-from quality_results import load_results  # noqa: E402
+from quality_results import PLUGINS, load_results  # noqa: E402
 
-COLUMNS = ["random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full"]
+COLUMNS = ["random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full", *PLUGINS]
 EXPERIMENT = "quality_fmnist_quick"
 CELL = re.compile(r"^(?P<accuracy>\d+\.\d\d ± \d+\.\d\d) \((?P<wall_s>\d+\.\d) s\)$")
 SWEPT = {"finetune.lambda_r": 0.03, "finetune.lambda_d": 0.05}  # the best trial below
@@ -128,6 +128,8 @@ def test_table_cells_are_the_recorded_metrics_of_each_cell(quick_run):
     at_ipc2 = {cell["column"]: cell for cell in cells if cell["ipc"] == 2}
     for column in ("dit", "minimax", "minimax-swept"):
         assert at_ipc2[column]["cached_stages"] == ["pretrain", "finetune"]
+    # A plug-in on a fine-tune reuses that fine-tune: dit+mode comes after dit.
+    assert at_ipc2["dit+mode"]["cached_stages"] == ["pretrain", "finetune"]
 
 
 def test_swept_cell_takes_the_weights_of_the_studys_best_trial(quick_run):
@@ -151,7 +153,8 @@ def test_mdd_report_shows_the_same_methods_and_accuracies(quick_run):
     pivot = markdown_table(quick_run["report"].split("## fashion_mnist, dc protocol")[1], "IPC")
     assert list(pivot) == ["1", "2"]
     for ipc, row in pivot.items():
-        assert list(row) == ["IPC", "network", *COLUMNS]
+        # The report orders a composition after its fine-tune (dit, dit+mode, ...).
+        assert sorted(row) == sorted(["IPC", "network", *COLUMNS])
         for column in COLUMNS:
             assert table[ipc][column].startswith(row[column].strip("*") + " (")
 
@@ -219,6 +222,14 @@ def test_each_finished_cell_leaves_a_result_file_with_what_ran_came_out_and_wher
         assert record["eval_wall_s"] > 0
     assert records[("minimax-swept", 1)]["lambda_r"] == 0.03
     assert records[("dit", 1)]["method"] == "dit"
+    moded = records[("minimax+mode", 1)]
+    assert (moded["method"], moded["composition"], moded["lambda_r"]) == (
+        "minimax",
+        "minimax+mode",
+        0.002,
+    )
+    assert moded["guidance"]["kind"] == "mode" and moded["selection"] is None
+    assert records[("dit+confidence", 1)]["selection"]["kind"] == "confidence"
 
 
 def test_a_cell_with_a_matching_result_file_is_read_back_and_a_stale_one_recomputed(

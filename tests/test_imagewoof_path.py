@@ -118,3 +118,23 @@ def test_an_imagenet_subsets_judge_sees_its_normalisation_at_the_evaluation_reso
     folder = select_surrogate(data, config, tmp_path / "herding", torch.device("cpu"))
     expected = select_herding(judge.features(data.train.images), data.train.labels, 2)
     assert torch.equal(read_surrogate(folder).images, data.train.images[expected])
+
+
+def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path) -> None:
+    overrides = [
+        "sample.guidance.kind=mode",
+        "sample.guidance.stop_step=0",
+        "selection.kind=herding",
+        "selection.oversample=2",
+    ]
+    assert run_main([str(woof_config), *[f"--set={o}" for o in overrides]]) == 0
+
+    config = load_config(woof_config, overrides)
+    assert config.composition == "minimax+mode+herding"
+    stages = {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
+    pool = read_surrogate(stages["sample"].folder / "data")
+    assert pool.images.shape == (40, 3, 32, 32)  # 2 x IPC 2 candidates per class, RGB
+    kept = read_surrogate(stages["select"].folder / "data")
+    assert kept.labels.bincount().tolist() == [2] * 10
+    # Herding keeps candidates of the pool itself.
+    assert all(any(torch.equal(image, other) for other in pool.images) for image in kept.images)

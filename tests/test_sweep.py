@@ -185,6 +185,10 @@ def test_failed_and_pruned_trials_are_recorded_and_the_sweep_goes_on(
         ),
         ({"sample.ipc": {"type": "int", "low": 1, "high": 50}}, "IPC is a grid axis"),
         ({"eval.protocol": {"type": "categorical", "choices": ["dc"]}}, "validation"),
+        (
+            {"method": {"type": "categorical", "choices": ["minimax", "herding"]}},
+            "may only take the generative methods minimax, dit, base in a sweep, not herding",
+        ),
     ],
 )
 def test_invalid_search_spaces_give_clear_errors(
@@ -242,3 +246,16 @@ def test_a_pruner_warmup_as_long_as_the_trial_is_rejected(
     assert sweep_main([str(sweep)]) == 2
     err = capsys.readouterr().err
     assert "pruner.warmup_epochs (2) is not below the trial's epochs (2)" in err
+
+
+def test_the_plugin_sweep_searches_fine_tune_guidance_and_selection_as_compositions() -> None:
+    sweep, base = load_sweep("sweeps/fashion_mnist_plugins.yaml")
+    assert {"method", "sample.guidance.kind", "selection.kind", "selection.oversample"} <= set(
+        sweep.space
+    )
+    moded = {"method": "minimax", "sample.guidance.kind": "mode", "sample.guidance.weight": 0.05}
+    config = trial_config(base, sweep, {**moded, "selection.kind": "kcenter"}, 10)
+    assert config.composition == "minimax+mode+kcenter"
+    assert (config.sample.guidance.weight, config.finetune.lambda_r) == (0.05, 0.0221)
+    plain = {"method": "dit", "sample.guidance.kind": "none", "selection.kind": "none"}
+    assert trial_config(base, sweep, plain, 10).composition == "dit"

@@ -98,6 +98,7 @@ def sample_latents(
     progress: bool = False,
     guided_channels: int | None = None,
     weights: Mapping[str, torch.Tensor] | None = None,
+    steer: Steer | None = None,
 ) -> torch.Tensor:
     """Sample one latent per label; returns float32 ``[N, C, H, W]`` on the CPU.
 
@@ -109,6 +110,7 @@ def sample_latents(
     ``torch.inference_mode``, with autocast to ``autocast_dtype`` when one is given; its
     training flag is restored afterwards. ``weights`` (fine-tuned EMA tensors, named like the
     model's parameters) stand in for those parameters; the model itself is not changed.
+    ``steer`` (a guidance plug-in, ``mdd.methods``) adjusts every DDPM step's result.
     """
     channels = latent_shape[0]
     config = model.config
@@ -151,7 +153,10 @@ def sample_latents(
                 stop = min(start + batch_size, len(labels))
                 generators = [item_generator(seed, index) for index in range(start, stop)]
                 batch = labels[start:stop].to(device)
-                x = _sample_batch(denoise, noise_scheduler, batch, generators, latent_shape, guide)
+                x = _sample_batch(
+                    denoise, noise_scheduler, batch, generators, latent_shape, guide,
+                    steer, slice(start, stop),
+                )  # fmt: skip
                 latents[start:stop] = x.cpu()
     finally:
         model.train(was_training)
@@ -176,6 +181,12 @@ def classifier_free_guidance(
     return torch.cat([eps, cond[:, guided:]], dim=1)
 
 
+# A guidance plug-in's hook into every DDPM step (``mdd.methods``): given the step's result
+# x_{t-1}, the predicted clean latent, the step's noise std, the step's index (0 first), the
+# number of steps and which items of the sampling call the batch holds, the new x_{t-1}.
+Steer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, slice], torch.Tensor]
+
+
 class Guidance(NamedTuple):
     scale: float  # 1: the conditional model alone
     channels: int | None  # eps channels guided (None: all)
@@ -189,6 +200,8 @@ def _sample_batch(
     generators: list[torch.Generator],
     latent_shape: tuple[int, int, int],
     guide: Guidance,
+    steer: Steer | None,
+    items: slice,
 ) -> torch.Tensor:
     channels = latent_shape[0]
     guided = guide.scale != 1.0
@@ -198,7 +211,8 @@ def _sample_batch(
     x = randn_tensor((len(labels), *latent_shape), generator=generators, device=device)
     null = torch.full_like(labels, guide.null_class)
     class_labels = torch.cat([labels, null]) if guided else labels
-    for timestep in noise_scheduler.timesteps.tolist():
+    timesteps = noise_scheduler.timesteps.tolist()
+    for index, timestep in enumerate(timesteps):
         model_input = torch.cat([x, x]) if guided else x
         t = torch.full((len(model_input),), timestep, dtype=torch.int64, device=device)
         output = denoise(model_input, t, class_labels)
@@ -206,5 +220,23 @@ def _sample_batch(
             output = classifier_free_guidance(output, channels, guide.scale, guide.channels)
         if isinstance(noise_scheduler, DDIMScheduler):
             output = output[:, :channels]
-        x = noise_scheduler.step(output, timestep, x, generator=generators).prev_sample
+        stepped = noise_scheduler.step(output, timestep, x, generator=generators)
+        x = stepped.prev_sample
+        if steer is not None:
+            sigma = step_std(noise_scheduler, timestep, output, channels)
+            x = steer(x, stepped.pred_original_sample, sigma, index, len(timesteps), items)
     return x
+
+
+def step_std(
+    scheduler: DDPMScheduler | DDIMScheduler, timestep: int, output: torch.Tensor, channels: int
+) -> torch.Tensor:
+    """The standard deviation of the noise ``scheduler.step`` adds at ``timestep``, as the
+    scheduler computes it: the learned one for a model with variance channels (DiT-XL/2),
+    the posterior's otherwise; 0 at the last step and for DDIM (eta 0)."""
+    if timestep == 0 or isinstance(scheduler, DDIMScheduler):
+        return torch.zeros((), device=output.device)
+    if scheduler.variance_type == "learned_range":
+        log_variance = scheduler._get_variance(timestep, predicted_variance=output[:, channels:])
+        return torch.exp(0.5 * log_variance)
+    return scheduler._get_variance(timestep).to(output.device) ** 0.5

@@ -25,7 +25,7 @@ from mdd.data.load import resize_images
 from mdd.data.splits import per_class_index
 from mdd.eval.networks import create_network
 from mdd.eval.protocols import NORMALISATION, Protocol, protocol_for, resolve_protocol
-from mdd.eval.train import extract_features, predict, train_network
+from mdd.eval.train import class_probabilities, extract_features, predict, train_network
 
 JUDGE_NETWORKS = {"fashion_mnist": "convnet3", "imagenet_subset": "resnet_ap10"}
 # One judge per dataset and resolution, whatever a run's seed: it is the measuring instrument
@@ -63,6 +63,10 @@ class Judge:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted classes of uint8 images."""
         return predict(self.network, self._sized(images), self.protocol, self.device)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of uint8 images, float32 on the CPU."""
+        return class_probabilities(self.network, self._sized(images), self.protocol, self.device)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features of uint8 images, float32 on the CPU."""

@@ -161,6 +161,14 @@ def predict(
     return _in_batches(lambda x: net(x).argmax(dim=1), images, protocol, device)
 
 
+def class_probabilities(
+    net: nn.Module, images: torch.Tensor, protocol: Protocol, device: torch.device
+) -> torch.Tensor:
+    """Softmax class probabilities of uint8 images, in batches, float32 on the CPU."""
+    net.eval()
+    return _in_batches(lambda x: net(x).float().softmax(dim=1), images, protocol, device)
+
+
 def extract_features(
     net: nn.Module, images: torch.Tensor, protocol: Protocol, device: torch.device
 ) -> torch.Tensor:

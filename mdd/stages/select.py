@@ -1,8 +1,11 @@
-"""Baselines that select real images instead of generating them (METHOD.md section 6).
+"""Selection: real images instead of generated ones (METHOD.md section 6), or the best of
+a generated candidate pool.
 
 ``random``, ``herding`` and ``kcenter`` pick IPC training images per class; ``full``
-takes the whole training split (the upper bound). The result is written in the same
-surrogate format as generated sets, so the evaluation cannot tell them apart.
+takes the whole training split (the upper bound). ``select_candidates`` keeps IPC of each
+class's generated candidates by a selection plug-in (``mdd.methods``). The result is
+written in the same surrogate format as generated sets, so the evaluation cannot tell
+them apart.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import torch
 from mdd.baselines import select_herding, select_kcenter, select_random
 from mdd.config import Config
 from mdd.data import DatasetSplits
-from mdd.data.surrogate import write_surrogate
+from mdd.data.surrogate import read_surrogate, write_surrogate
 from mdd.eval.judge import load_judge
+from mdd.methods import SELECTIONS
 from mdd.stages import surrogate_manifest
 
 
@@ -58,3 +62,25 @@ def select_surrogate(
     return write_surrogate(
         folder, train.images[index], train.labels[index], data.class_names, manifest
     )
+
+
+def select_candidates(
+    pool: Path, data: DatasetSplits, config: Config, folder: Path, device: torch.device
+) -> Path:
+    """Keep ``sample.ipc`` of each class's candidates in ``pool`` by ``selection.kind``, as
+    judged by the judge (trained on the training split only)."""
+    assert config.selection is not None  # the plan has this stage only with a selection
+    candidates = read_surrogate(pool)
+    judge = load_judge(data, config, device)
+    pick = SELECTIONS[config.selection.kind]
+    index = pick(judge, candidates.images, candidates.labels, config.sample.ipc)
+    source = candidates.manifest["source_checkpoint"]
+    manifest = surrogate_manifest(
+        config,
+        None if source is None else Path(source),
+        sample=candidates.manifest.get("sample"),
+        pool=str(pool),
+        candidates=len(candidates.labels),
+    )
+    images, labels = candidates.images[index], candidates.labels[index]
+    return write_surrogate(folder, images, labels, data.class_names, manifest)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mdd.config import (
+    GENERATIVE,
     Config,
     Section,
     TrackingConfig,
@@ -141,11 +142,22 @@ class SweepConfig(Section):
 
 def _grid_and_test_guards(sweep: SweepConfig, source: str) -> None:
     for key in (*sweep.space, *sweep.fixed):
-        if key in ("sample.ipc", "method"):
+        if key == "sample.ipc":
             raise ConfigError(
                 f"{source}: '{key}' cannot be searched or fixed in a sweep. Hint: IPC is a grid "
                 "axis (list it under 'ipc:'), and accuracy always rises with IPC."
             )
+    # A sweep may choose the fine-tune a composition builds on (dit, minimax, base), never a
+    # selection of real images: those have nothing to tune and would win on their own terms.
+    methods = list(sweep.space["method"].choices or []) if "method" in sweep.space else []
+    if "method" in sweep.fixed:
+        methods.append(sweep.fixed["method"])
+    if any(method not in GENERATIVE for method in methods):
+        raise ConfigError(
+            f"{source}: 'method' may only take the generative methods {', '.join(GENERATIVE)} "
+            f"in a sweep, not {', '.join(m for m in methods if m not in GENERATIVE)}."
+        )
+    for key in (*sweep.space, *sweep.fixed):
         if key in ("eval.protocol", "eval.split", "eval.epochs", "eval.evaluations"):
             raise ConfigError(
                 f"{source}: '{key}': trials use the final protocol shortened to trial.epochs, "

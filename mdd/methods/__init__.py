@@ -1,0 +1,84 @@
+"""Distillation methods as plug-ins, composed with the fine-tune (none, dit or minimax).
+
+A method is a composition (``Config.composition``, e.g. ``minimax+mode+kcenter``):
+
+- *sampling guidance* (``sample.guidance``): a hook into every DDPM step of the sampler;
+  ``mode`` is MGD3's mode guidance (``mode.py``);
+- *selection* (``selection``): ``oversample`` x IPC candidates are sampled per class and IPC
+  of them kept by the judge (trained on the training split only): ``herding`` or ``kcenter``
+  in its features, or ``confidence``, its probability of the intended class.
+
+Each registry maps the name a config gives to the code that builds the part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mdd.baselines import select_confident, select_herding, select_kcenter
+from mdd.config import GENERATIVE, GuidanceConfig
+from mdd.data.latents import LatentSet
+from mdd.diffusion.sampling import Steer
+from mdd.errors import ConfigError
+from mdd.eval.judge import Judge
+from mdd.methods.mode import ModeGuidance, class_modes, mode_targets
+
+# The modes are a property of the data, not of a run: one k-means seed for every run.
+MODE_SEED = 0
+
+
+def _mode(cfg: GuidanceConfig, latents: LatentSet, labels: torch.Tensor, ipc: int) -> Steer:
+    num_classes = int(latents.labels.max()) + 1
+    modes = class_modes(latents.mean, latents.labels, num_classes, ipc, MODE_SEED)
+    return ModeGuidance(mode_targets(modes, labels), cfg.weight, cfg.stop_step)
+
+
+# name -> (guidance settings, the real training latents, the labels sampled, IPC) -> hook
+GUIDANCES: dict[str, Callable[[GuidanceConfig, LatentSet, torch.Tensor, int], Steer]] = {
+    "mode": _mode,
+}
+
+
+def _herding(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
+    return select_herding(judge.features(images), labels, ipc)
+
+
+def _kcenter(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
+    return select_kcenter(judge.features(images), labels, ipc)
+
+
+def _confidence(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
+    return select_confident(judge.probabilities(images), labels, ipc)
+
+
+# name -> (judge, candidate images, their labels, IPC) -> indices of the kept candidates
+SELECTIONS: dict[str, Callable[[Judge, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "herding": _herding,
+    "kcenter": _kcenter,
+    "confidence": _confidence,
+}
+
+
+def composition_overrides(name: str) -> list[str]:
+    """The ``--set`` overrides of a composition named as ``Config.composition`` names it
+    (``dit+mode+kcenter``: method, then a guidance, then a selection, each at most once)."""
+    method, *parts = name.split("+")
+    hint = (
+        f"composition {name!r}: expected METHOD[+GUIDANCE][+SELECTION], METHOD one of "
+        f"{', '.join(GENERATIVE)}, GUIDANCE one of {', '.join(GUIDANCES)}, SELECTION one of "
+        f"{', '.join(SELECTIONS)}"
+    )
+    if not method or (parts and method not in GENERATIVE):
+        raise ConfigError(hint)
+    overrides = [f"method={method}"]
+    guidance = parts.pop(0) if parts and parts[0] in GUIDANCES else None
+    selection = parts.pop(0) if parts and parts[0] in SELECTIONS else None
+    if parts:
+        raise ConfigError(hint)
+    if guidance is not None:
+        overrides.append(f"sample.guidance.kind={guidance}")
+    if selection is not None:
+        overrides.append(f"selection.kind={selection}")
+    return overrides
