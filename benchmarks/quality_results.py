@@ -24,8 +24,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 SCHEMA = 1
 COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
 # Plug-in compositions (``mdd.methods``) of the grid, in a table of their own: MGD3's mode
-# guidance and generate-then-select by the judge's confidence, on each fine-tune.
-PLUGINS = ("base+mode", "dit+mode", "minimax+mode", "dit+confidence", "minimax+confidence")
+# guidance, IGD's influence guidance and generate-then-select by the judge's confidence.
+PLUGINS = (
+    "base+mode",
+    "dit+mode",
+    "minimax+mode",
+    "dit+influence",
+    "dit+confidence",
+    "minimax+confidence",
+)
 _NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)\.json")
 
 

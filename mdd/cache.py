@@ -12,11 +12,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from safetensors.torch import save_file
 
 DONE_FILE = "done.json"
 T = TypeVar("T")
@@ -120,3 +123,13 @@ def claim(stage: Stage) -> Iterator[Claim]:
             stage.folder.mkdir(parents=True, exist_ok=True)
             record = {"key": stage.key, "wall_s": time.perf_counter() - started}
             (stage.folder / DONE_FILE).write_text(json.dumps(record, indent=2))
+
+
+def save_tensors_atomically(tensors: dict[str, Any], path: Path) -> None:
+    """Write a safetensors file so that no reader ever sees half of it: concurrent writers
+    (sweep workers computing the same thing) each write their own file, then one atomic
+    rename wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial))
+    os.replace(partial, path)

@@ -14,7 +14,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -165,13 +165,53 @@ class FinetuneConfig(Section):
         return PAPER_EMA_BASE_SHARE ** (1.0 / steps)
 
 
-class GuidanceConfig(Section):
-    """A sampling guidance plug-in (``mdd.methods``); ``mode`` is MGD3's mode guidance."""
+class NoGuidanceConfig(Section):
+    # Another kind's settings are ignored here, so a sweep can search kind none beside them.
+    model_config = ConfigDict(extra="ignore")
 
-    kind: Literal["none", "mode"] = "mode"
+    kind: Literal["none"] = "none"
+
+
+class ModeGuidanceConfig(Section):
+    """MGD3's mode guidance (``mdd.methods.mode``)."""
+
+    kind: Literal["mode"] = "mode"
     weight: float = Field(0.1, ge=0)  # MGD3's lambda
     # Guided while the respaced step index (steps - 1 down to 0) is above it; MGD3: 25 of 50.
     stop_step: int = Field(25, ge=0)
+
+
+class InfluenceGuidanceConfig(Section):
+    """IGD's influence guidance (``mdd.methods.influence``); defaults: IGD's DiT setting
+    on ImageWoof at IPC 10 (its Minimax setting has weight 10)."""
+
+    kind: Literal["influence"] = "influence"
+    weight: float = Field(5.0, ge=0)  # IGD's gm-scale k
+    deviation: float = Field(50.0, ge=0)  # IGD's dev-scale gamma
+    # The guided respaced step indices, both ends included (IGD: 30 to 45 of 49..0).
+    window: tuple[int, int] = (30, 45)
+    # The surrogate's epochs whose parameters are kept (0: its initialisation); it trains
+    # max(checkpoints) epochs with the judge's protocol. IGD keeps 4 of 50 epochs.
+    checkpoints: tuple[int, ...] = (0, 1, 2)
+    real_per_class: int = Field(200, ge=1)  # real images per class behind each gradient
+    memory_size: int = Field(64, ge=1)  # earlier samples per class the deviation looks at
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InfluenceGuidanceConfig:
+        low, high = self.window
+        if not 0 <= low <= high:
+            raise ValueError(f"window [{low}, {high}]: expected 0 <= low <= high")
+        if not self.checkpoints or min(self.checkpoints) < 0:
+            raise ValueError("checkpoints: at least one epoch, each at least 0")
+        if list(self.checkpoints) != sorted(set(self.checkpoints)):
+            raise ValueError(f"checkpoints {list(self.checkpoints)}: distinct, in order")
+        return self
+
+
+# A sampling guidance plug-in (``mdd.methods``), chosen by its kind.
+GuidanceConfig = Annotated[
+    NoGuidanceConfig | ModeGuidanceConfig | InfluenceGuidanceConfig, Field(discriminator="kind")
+]
 
 
 class SampleConfig(Section):

@@ -68,7 +68,7 @@ def execute(
         with stages.run("sample") as step:  # the set, or with a selection its candidates
             sampled = step.get(
                 lambda folder: sample_surrogate(
-                    base.model, weights, source, base.latents, data.class_names, config,
+                    base.model, weights, source, base.latents, data, config,
                     folder, device,
                 ),
                 read_sampled,

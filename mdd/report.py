@@ -141,7 +141,10 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
             unplaced.append(run["run_id"])
             continue
         if variant := run["tags"].get("mdd.variant"):
-            method = f"{method}-{variant}"  # same method, other settings: its own column
+            # Same method, other settings: its own column, named at the fine-tune it varies
+            # (minimax-swept, minimax-swept+mode), as the quality benchmark names it.
+            tuning, _, plugins = method.partition("+")
+            method = f"{tuning}-{variant}" + (f"+{plugins}" if plugins else "")
         protocol = params.get("eval.protocol", "unknown")
         for network, values in results.items():
             key = (_dataset(params), protocol, method, int(params["sample.ipc"]), network)

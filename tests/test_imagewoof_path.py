@@ -138,3 +138,21 @@ def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path) -> None
     assert kept.labels.bincount().tolist() == [2] * 10
     # Herding keeps candidates of the pool itself.
     assert all(any(torch.equal(image, other) for other in pool.images) for image in kept.images)
+
+
+def test_influence_guidance_runs_on_the_dit_xl_path_with_the_vae(woof_config: Path) -> None:
+    overrides = [
+        "method=base",
+        "sample.guidance.kind=influence",
+        "sample.guidance.window=[0, 2]",
+        "sample.guidance.checkpoints=[0, 1]",
+        "sample.guidance.real_per_class=2",
+        "judge.epochs=1",
+    ]
+    assert run_main([str(woof_config), *[f"--set={o}" for o in overrides]]) == 0
+    config = load_config(woof_config, overrides)
+    assert config.composition == "base+influence"
+    stages = {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
+    surrogate = read_surrogate(stages["sample"].folder / "data")
+    assert surrogate.images.shape == (20, 3, 32, 32)
+    assert surrogate.labels.bincount().tolist() == [2] * 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,13 +12,19 @@ import torch
 from mdd.baselines import select_confident
 from mdd.config import (
     Config,
-    GuidanceConfig,
+    ModeGuidanceConfig,
     SelectionConfig,
     apply_overrides,
     build_config,
 )
 from mdd.data.surrogate import read_surrogate
-from mdd.diffusion.sampling import item_generator, make_scheduler, sample_latents, step_std
+from mdd.diffusion.sampling import (
+    StepState,
+    item_generator,
+    make_scheduler,
+    sample_latents,
+    step_std,
+)
 from mdd.errors import ConfigError
 from mdd.methods import SELECTIONS, composition_overrides
 from mdd.methods.mode import ModeGuidance, class_modes, kmeans, mode_targets
@@ -59,13 +66,24 @@ def test_mode_guidance_moves_the_step_toward_the_mode_by_weight_sigma_and_stops(
     targets = torch.full((4, 1, 2, 2), 3.0)
     guide = ModeGuidance(targets, weight=0.1, stop_step=25)
     x_prev, x0_hat, sigma = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2), torch.tensor(0.5)
+    step = _state(x_prev=x_prev, x0_hat=x0_hat, sigma=sigma, index=0, items=slice(2, 4))
     # x_{t-1} + weight * sigma * (mode - x0_hat) = 0 + 0.1 * 0.5 * (3 - 1) = 0.1
-    moved = guide(x_prev, x0_hat, sigma, index=0, steps=50, items=slice(2, 4))
-    torch.testing.assert_close(moved, torch.full((2, 1, 2, 2), 0.1))
+    torch.testing.assert_close(guide(step), torch.full((2, 1, 2, 2), 0.1))
     # Respaced index = steps - 1 - index: step 23 is index 26 > 25, step 24 is 25: the last
     # guided step is the 24th of 50, as in MGD3 (t > stop_t).
     assert guide.active(23, 50) and not guide.active(24, 50)
-    assert torch.equal(guide(x_prev, x0_hat, sigma, 24, 50, slice(0, 2)), x_prev)
+    assert torch.equal(guide(dataclasses.replace(step, index=24)), x_prev)
+
+
+def _state(**given) -> StepState:
+    """A step of 50 with every field the test does not set zero or empty."""
+    x = given.get("x_prev", torch.zeros(2, 1, 2, 2))
+    defaults = dict(
+        x_t=torch.zeros_like(x), x_prev=x, x0_hat=torch.zeros_like(x), eps=torch.zeros_like(x),
+        sigma=torch.tensor(0.0), alpha_bar=0.5, index=0, steps=50, items=slice(0, len(x)),
+        predict_x0=lambda x_t: x_t,
+    )  # fmt: skip
+    return StepState(**{**defaults, **given})
 
 
 @pytest.mark.parametrize("learned_variance", [False, True])
@@ -99,9 +117,16 @@ def test_the_sampler_continues_from_what_the_guidance_hook_returns() -> None:
     targets = torch.arange(4.0).view(4, 1, 1, 1).expand(4, *LATENT_SHAPE).clone()
     seen: list[tuple[int, slice, float]] = []
 
-    def last_step_lands_on_targets(x_prev, x0_hat, sigma, index, steps, items):
-        seen.append((index, items, float(sigma.max())))
-        return targets[items] if index == steps - 1 else x_prev
+    def last_step_lands_on_targets(step: StepState) -> torch.Tensor:
+        seen.append((step.index, step.items, float(step.sigma.max())))
+        # The differentiable x_t -> x0_hat is the sampler's own prediction...
+        torch.testing.assert_close(step.predict_x0(step.x_t), step.x0_hat, rtol=1e-4, atol=1e-5)
+        if step.index == 0:  # ... and gradients reach x_t through the model
+            with torch.inference_mode(False), torch.enable_grad():
+                x_t = step.x_t.clone().requires_grad_()
+                (gradient,) = torch.autograd.grad(step.predict_x0(x_t).sum(), x_t)
+            assert gradient.abs().sum() > 0
+        return targets[step.items] if step.index == step.steps - 1 else step.x_prev
 
     kwargs = dict(guidance_scale=2.0, steps=5, scheduler="ddpm", seed=0, batch_size=2)
     cpu = torch.device("cpu")
@@ -204,7 +229,7 @@ def test_a_composition_runs_end_to_end_and_a_second_selection_reuses_the_pool(
 ) -> None:
     config = tiny_config.model_copy(deep=True)
     config.method = "dit"
-    config.sample.guidance = GuidanceConfig(kind="mode", weight=0.5, stop_step=1)
+    config.sample.guidance = ModeGuidanceConfig(weight=0.5, stop_step=1)
     config.selection = SelectionConfig(kind="confidence", oversample=2)
     assert run_cli(config, tmp_path) == 0
 
@@ -239,7 +264,7 @@ def test_base_with_mode_guidance_samples_the_pretrained_model_without_a_fine_tun
     config = tiny_config.model_copy(deep=True)
     config.method = "base"
     config.tracking.experiment = "tiny-base"  # the session's store holds others' fine-tunes
-    config.sample.guidance = GuidanceConfig(kind="mode", weight=0.5, stop_step=1)
+    config.sample.guidance = ModeGuidanceConfig(weight=0.5, stop_step=1)
     assert run_cli(config, tmp_path) == 0
     runs = runs_by_name(config)
     assert "finetune" not in runs

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mdd.cli import main
 from mdd.config import Config, TrackingConfig
 from mdd.errors import MddError
-from mdd.report import write_report
+from mdd.report import collect_rows, write_report
 from mdd.tracking import Tracker
 
 # (method, ipc, network) -> (last mean, last std, best mean, best std) of the runs to report.
@@ -272,3 +272,21 @@ def test_report_shows_each_sets_diagnostics_beside_the_accuracies(
     with (tmp_path / "out" / "report.csv").open() as handle:
         records = list(csv.DictReader(handle))
     assert {r["intra_cosine_pixels"] for r in records if r["method"] == "minimax"} == {"0.812"}
+
+
+def test_compositions_are_columns_of_their_own_named_as_the_benchmark_names_them() -> None:
+    def run(composition: str, **tags: str) -> dict:
+        return {
+            "run_id": composition,
+            "parent_run_id": None,
+            "start_time_ms": 0,
+            "params": {"method": composition.split("+")[0], "composition": composition}
+            | {"sample.ipc": "10", "data.dataset": "fashion_mnist", "eval.protocol": "dc"},
+            "tags": tags,
+            "metrics": _metrics("convnet3", (73.0, 0.2, 73.5, 0.1)),
+        }
+
+    runs = [run("minimax"), run("minimax+mode", **{"mdd.variant": "swept"}), run("dit+kcenter")]
+    rows, unplaced = collect_rows(runs)
+    assert not unplaced
+    assert sorted(row.method for row in rows) == ["dit+kcenter", "minimax", "minimax-swept+mode"]

@@ -12,6 +12,7 @@ DDPM step's noise from its own CPU generator seeded by ``(seed, i)`` (see ``item
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -181,10 +182,26 @@ def classifier_free_guidance(
     return torch.cat([eps, cond[:, guided:]], dim=1)
 
 
-# A guidance plug-in's hook into every DDPM step (``mdd.methods``): given the step's result
-# x_{t-1}, the predicted clean latent, the step's noise std, the step's index (0 first), the
-# number of steps and which items of the sampling call the batch holds, the new x_{t-1}.
-Steer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, slice], torch.Tensor]
+@dataclass(frozen=True)
+class StepState:
+    """What a guidance plug-in (``mdd.methods``) sees of one DDPM step of a batch."""
+
+    x_t: torch.Tensor  # the step's input
+    x_prev: torch.Tensor  # the scheduler's result x_{t-1}, its noise added
+    x0_hat: torch.Tensor  # the clean latent the guided model output predicts
+    eps: torch.Tensor  # the guided eps (latent channels only)
+    sigma: torch.Tensor  # the standard deviation of the step's noise (0 at the last step)
+    alpha_bar: float  # abar_t of the step's timestep
+    index: int  # the step's place in the loop, 0 first
+    steps: int
+    items: slice  # which items of the sampling call the batch holds
+    # x_t -> x0_hat through the guided model, differentiable: for guidance by gradients
+    # with respect to x_t (call it with grad enabled, outside inference mode).
+    predict_x0: Callable[[torch.Tensor], torch.Tensor]
+
+
+# A guidance plug-in's hook: the step's state -> the new x_{t-1}.
+Steer = Callable[[StepState], torch.Tensor]
 
 
 class Guidance(NamedTuple):
@@ -213,18 +230,48 @@ def _sample_batch(
     class_labels = torch.cat([labels, null]) if guided else labels
     timesteps = noise_scheduler.timesteps.tolist()
     for index, timestep in enumerate(timesteps):
-        model_input = torch.cat([x, x]) if guided else x
-        t = torch.full((len(model_input),), timestep, dtype=torch.int64, device=device)
-        output = denoise(model_input, t, class_labels)
-        if guided:
-            output = classifier_free_guidance(output, channels, guide.scale, guide.channels)
+        t = torch.full((2 * len(x) if guided else len(x),), timestep, device=device)
+
+        def guided_output(
+            x_t: torch.Tensor, t: torch.Tensor = t, class_labels: torch.Tensor = class_labels
+        ) -> torch.Tensor:
+            output = denoise(torch.cat([x_t, x_t]) if guided else x_t, t, class_labels)
+            if guided:
+                output = classifier_free_guidance(output, channels, guide.scale, guide.channels)
+            return output
+
+        output = guided_output(x)
         if isinstance(noise_scheduler, DDIMScheduler):
             output = output[:, :channels]
         stepped = noise_scheduler.step(output, timestep, x, generator=generators)
-        x = stepped.prev_sample
-        if steer is not None:
-            sigma = step_std(noise_scheduler, timestep, output, channels)
-            x = steer(x, stepped.pred_original_sample, sigma, index, len(timesteps), items)
+        if steer is None:
+            x = stepped.prev_sample
+            continue
+        alpha_bar = float(noise_scheduler.alphas_cumprod[timestep])
+
+        def predict_x0(
+            x_t: torch.Tensor,
+            alpha_bar: float = alpha_bar,
+            t: torch.Tensor = t,
+            class_labels: torch.Tensor = class_labels,
+        ) -> torch.Tensor:
+            # Clones: the loop's tensors are inference tensors, which autograd cannot save.
+            eps = guided_output(x_t, t.clone(), class_labels.clone())[:, :channels]
+            return (x_t - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+
+        state = StepState(
+            x_t=x,
+            x_prev=stepped.prev_sample,
+            x0_hat=stepped.pred_original_sample,
+            eps=output[:, :channels],
+            sigma=step_std(noise_scheduler, timestep, output, channels),
+            alpha_bar=alpha_bar,
+            index=index,
+            steps=len(timesteps),
+            items=items,
+            predict_x0=predict_x0,
+        )
+        x = steer(state)
     return x
 
 

@@ -12,13 +12,13 @@ ResNetAP-10, whose pooled 512-d features keep distances and covariances tractabl
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from mdd.cache import save_tensors_atomically
 from mdd.config import Config
 from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
@@ -108,11 +108,5 @@ def load_judge(data: DatasetSplits, config: Config, device: torch.device) -> Jud
         device=device,
         progress=True,
     )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    # Sweep workers may train the same judge at once: each writes its own file, then one
-    # atomic rename wins, so no reader ever sees half a file.
-    partial = cache.with_suffix(f".{os.getpid()}.partial")
-    save_file(state, str(partial))
-    os.replace(partial, cache)
+    save_tensors_atomically(network.state_dict(), cache)  # sweep workers may race here
     return Judge(network.eval(), protocol, device)

@@ -15,8 +15,9 @@ independent runs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,6 +200,8 @@ def train_group(
     evaluate: RepeatEvaluate | None,
     on_epoch: RepeatCallback | None,
     progress: bool,
+    snapshot: Callable[[int, list[nn.Module]], None] | None = None,
+    snapshot_epochs: Collection[int] = (),
 ) -> tuple[list[nn.Module], list[list[tuple[int, float, float]]]]:
     """Train one fresh network per seed, all in one batched computation (an ``Ensemble``).
 
@@ -229,6 +232,8 @@ def train_group(
     batch_size = min(protocol.batch_size, n)  # a tiny surrogate set is one whole batch
     histories: list[list[tuple[int, float, float]]] = [[] for _ in seeds]
     epochs = range(1, protocol.epochs + 1)
+    if snapshot is not None and 0 in snapshot_epochs:
+        snapshot(0, ensemble.sync())  # the initialisation
     for epoch in progress_bar(epochs, desc=network, disable=not progress, leave=False):
         ensemble.train()
         orders = torch.stack([torch.randperm(n, generator=g) for g in draws.generators])
@@ -254,6 +259,8 @@ def train_group(
                 histories[r].append((epoch, metrics["train_loss"], metrics["acc"]))
             if on_epoch is not None:
                 on_epoch(r, epoch, metrics)
+        if snapshot is not None and epoch in snapshot_epochs:
+            snapshot(epoch, ensemble.sync())
     return ensemble.sync(), histories
 
 
@@ -268,8 +275,12 @@ def train_network(
     device: torch.device | str,
     norm: str = "instance",
     progress: bool = False,
+    snapshot: Callable[[int, list[nn.Module]], None] | None = None,
+    snapshot_epochs: Collection[int] = (),
 ) -> nn.Module:
-    """A freshly initialised ``network`` trained with ``protocol`` (no testing)."""
+    """A freshly initialised ``network`` trained with ``protocol`` (no testing);
+    ``snapshot(epoch, [network])`` is called at each of ``snapshot_epochs`` (0: before
+    training)."""
     device = torch.device(device)
     _check_training(train_images, train_labels, protocol, num_classes)
     nets, _ = train_group(
@@ -284,8 +295,37 @@ def train_network(
         evaluate=None,
         on_epoch=None,
         progress=progress,
+        snapshot=snapshot,
+        snapshot_epochs=snapshot_epochs,
     )
     return nets[0]
+
+
+def train_trajectory(
+    network: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    *,
+    protocol: Protocol,
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+    epochs: Collection[int],
+    progress: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """The parameters of one network trained with ``protocol`` for ``max(epochs)`` epochs,
+    as they were after each of ``epochs`` (0: the initialisation), on the CPU."""
+    kept: list[dict[str, torch.Tensor]] = []
+
+    def keep(_: int, nets: list[nn.Module]) -> None:
+        kept.append({k: v.detach().cpu().clone() for k, v in nets[0].named_parameters()})
+
+    train_network(
+        network, train_images, train_labels,
+        protocol=dataclasses.replace(protocol, epochs=max(epochs)), num_classes=num_classes,
+        seed=seed, device=device, progress=progress, snapshot=keep, snapshot_epochs=set(epochs),
+    )  # fmt: skip
+    return kept
 
 
 def batched_on(device: torch.device, batch_repeats: bool | str) -> bool:

@@ -3,7 +3,8 @@
 A method is a composition (``Config.composition``, e.g. ``minimax+mode+kcenter``):
 
 - *sampling guidance* (``sample.guidance``): a hook into every DDPM step of the sampler;
-  ``mode`` is MGD3's mode guidance (``mode.py``);
+  ``mode`` is MGD3's mode guidance (``mode.py``), ``influence`` IGD's influence guidance
+  (``influence.py``);
 - *selection* (``selection``): ``oversample`` x IPC candidates are sampled per class and IPC
   of them kept by the judge (trained on the training split only): ``herding`` or ``kcenter``
   in its features, or ``confidence``, its probability of the intended class.
@@ -14,30 +15,61 @@ Each registry maps the name a config gives to the code that builds the part.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mdd.baselines import select_confident, select_herding, select_kcenter
-from mdd.config import GENERATIVE, GuidanceConfig
+from mdd.config import GENERATIVE, Config, InfluenceGuidanceConfig, ModeGuidanceConfig
+from mdd.data import DatasetSplits
 from mdd.data.latents import LatentSet
 from mdd.diffusion.sampling import Steer
 from mdd.errors import ConfigError
 from mdd.eval.judge import Judge
+from mdd.methods.influence import InfluenceGuidance, load_trajectory
 from mdd.methods.mode import ModeGuidance, class_modes, mode_targets
 
 # The modes are a property of the data, not of a run: one k-means seed for every run.
 MODE_SEED = 0
 
 
-def _mode(cfg: GuidanceConfig, latents: LatentSet, labels: torch.Tensor, ipc: int) -> Steer:
-    num_classes = int(latents.labels.max()) + 1
-    modes = class_modes(latents.mean, latents.labels, num_classes, ipc, MODE_SEED)
-    return ModeGuidance(mode_targets(modes, labels), cfg.weight, cfg.stop_step)
+@dataclass(frozen=True)
+class SamplingContext:
+    """What a guidance plug-in may read to build its hook for one sampling call."""
+
+    config: Config
+    data: DatasetSplits  # the real splits (a plug-in reads the training split only)
+    latents: LatentSet  # the real training latents
+    labels: torch.Tensor  # the dataset labels of the call's items, in the call's order
+    decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> images in [-1, 1]
+    device: torch.device
 
 
-# name -> (guidance settings, the real training latents, the labels sampled, IPC) -> hook
-GUIDANCES: dict[str, Callable[[GuidanceConfig, LatentSet, torch.Tensor, int], Steer]] = {
+def _mode(cfg: ModeGuidanceConfig, context: SamplingContext) -> Steer:
+    latents = context.latents
+    num_classes = len(context.data.class_names)
+    modes = class_modes(
+        latents.mean, latents.labels, num_classes, context.config.sample.ipc, MODE_SEED
+    )
+    return ModeGuidance(mode_targets(modes, context.labels), cfg.weight, cfg.stop_step)
+
+
+def _influence(cfg: InfluenceGuidanceConfig, context: SamplingContext) -> Steer:
+    trajectory = load_trajectory(context.data, context.config, cfg, context.device)
+    return InfluenceGuidance(
+        trajectory, context.decode, context.labels, cfg.weight, cfg.deviation,
+        cfg.window, cfg.memory_size,
+    )  # fmt: skip
+
+
+# Guidances that read the class's earlier samples: the sampler batches them in rounds.
+ROUNDS = ("influence",)
+
+# kind -> (its settings, what it may read) -> the hook of one sampling call
+GUIDANCES: dict[str, Callable[[Any, SamplingContext], Steer]] = {
     "mode": _mode,
+    "influence": _influence,
 }
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mdd.diffusion.sampling import StepState
+
 
 def kmeans(points: Tensor, k: int, seed: int, iterations: int = 300, tol: float = 1e-4) -> Tensor:
     """``k`` centres of ``points`` ``[N, D]``: k-means++ seeding, then Lloyd's iterations.
@@ -91,10 +93,8 @@ class ModeGuidance:
         """Whether step ``index`` of the loop (0 first) is guided: respaced index above stop."""
         return steps - 1 - index > self.stop_step
 
-    def __call__(
-        self, x_prev: Tensor, x0_hat: Tensor, sigma: Tensor, index: int, steps: int, items: slice
-    ) -> Tensor:
-        if not self.active(index, steps):
-            return x_prev
-        target = self.targets[items].to(x_prev)
-        return x_prev + self.weight * sigma * (target - x0_hat)
+    def __call__(self, step: StepState) -> Tensor:
+        if not self.active(step.index, step.steps):
+            return step.x_prev
+        target = self.targets[step.items].to(step.x_prev)
+        return step.x_prev + self.weight * step.sigma * (target - step.x0_hat)

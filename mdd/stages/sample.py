@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from mdd.config import Config, SampleConfig
+from mdd.data import DatasetSplits
 from mdd.data.latents import LatentSet
 from mdd.data.surrogate import write_surrogate
 from mdd.diffusion.base import BaseModel
 from mdd.diffusion.sampling import Steer, make_labels, sample_latents
-from mdd.methods import GUIDANCES
+from mdd.methods import GUIDANCES, ROUNDS, SamplingContext
 from mdd.runtime import autocast_dtype
 from mdd.stages import surrogate_manifest
 
@@ -72,26 +73,36 @@ def sample_surrogate(
     weights: Mapping[str, torch.Tensor] | None,
     source: Path | None,
     latents: LatentSet,
-    class_names: list[str],
+    data: DatasetSplits,
     config: Config,
     folder: Path,
     device: torch.device,
 ) -> Sampled:
     """Write ``folder/data``: IPC generated images per class (``oversample`` x IPC with a
-    selection), sampled with ``weights`` (read from ``source``); ``latents`` are the real
-    training latents a guidance plug-in reads (MGD3's modes)."""
+    selection), sampled with ``weights`` (read from ``source``); ``latents`` (the real
+    training latents) and ``data`` are what a guidance plug-in may read."""
     sample = config.sample
     per_class = sample.ipc * (config.selection.oversample if config.selection else 1)
     labels = make_labels(base.num_classes, per_class)
     started = time.perf_counter()
-    steer = None
+    steer, batch_size = None, sample.batch_size
     if sample.guidance is not None:
-        steer = GUIDANCES[sample.guidance.kind](sample.guidance, latents, labels, sample.ipc)
+        # A guidance that reads the class's earlier samples (IGD's memory) samples in rounds
+        # of one image per class, so each round sees every earlier one, whatever batch_size.
+        rounds = sample.guidance.kind in ROUNDS
+        if rounds:
+            labels = round_major(labels)
+            batch_size = base.num_classes
+        context = SamplingContext(config, data, latents, labels, base.autoencoder.decode, device)
+        steer = GUIDANCES[sample.guidance.kind](sample.guidance, context)
     setup_s = time.perf_counter() - started
-    images = generate_images(base, labels, sample, config.seed, device, weights, steer)
+    settings = sample.model_copy(update={"batch_size": batch_size})
+    images = generate_images(base, labels, settings, config.seed, device, weights, steer)
     sampling_s = time.perf_counter() - started - setup_s
+    order = torch.argsort(labels, stable=True)  # the set is written class-major
+    images, labels = images[order], labels[order]
     manifest = surrogate_manifest(config, source, sample=sample.model_dump())
-    write_surrogate(folder / "data", images, labels, class_names, manifest)
+    write_surrogate(folder / "data", images, labels, data.class_names, manifest)
     cost = {
         "sample/images": float(len(labels)),
         "sample/images_per_s": len(labels) / max(sampling_s, 1e-9),
@@ -99,6 +110,16 @@ def sample_surrogate(
     }
     (folder / COST_FILE).write_text(json.dumps(cost, indent=2))
     return Sampled(folder / "data", cost)
+
+
+def round_major(labels: torch.Tensor) -> torch.Tensor:
+    """Class-major labels reordered as rounds: the first item of every class, then the
+    second, ... (``0 0 1 1`` -> ``0 1 0 1``)."""
+    rank = torch.zeros_like(labels)
+    order = torch.argsort(labels, stable=True)
+    starts = torch.searchsorted(labels[order], labels[order])
+    rank[order] = torch.arange(len(labels)) - starts
+    return labels[torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)]
 
 
 def read_sampled(folder: Path) -> Sampled:
