@@ -126,8 +126,8 @@ def test_the_window_guides_respaced_steps_30_to_45_and_memory_keeps_the_last_fin
         items = slice(round_start, round_start + 2)
         final = _state(x_prev=x + round_start, index=49, items=items)
         assert torch.equal(guide(final), final.x_prev)  # no weight: the step as it was
-    assert len(guide.memory[0]) == 2  # FIFO of memory_size: rounds 2 and 3
-    assert torch.equal(guide.memory[0][0], x[0] + 2)
+    assert torch.equal(guide.memory[0], torch.stack([x[0] + 2, x[0] + 4]))  # FIFO of 2
+    assert torch.equal(guide.memory[1], torch.stack([x[1] + 2, x[1] + 4]))
 
 
 def test_guided_steps_move_against_influence_and_away_from_memory() -> None:
@@ -142,7 +142,8 @@ def test_guided_steps_move_against_influence_and_away_from_memory() -> None:
     assert not torch.equal(only_influence, step.x_prev)
     away = _guidance(weight=0.0, deviation=1.0)
     near = x_t + 0.5 * torch.randn(x_t.shape, generator=torch.Generator().manual_seed(4))
-    away.memory = {0: [near[0]], 1: [near[1]]}
+    away.memory = torch.full((2, 2, *x_t.shape[1:]), float("nan"))
+    away.memory[:, -1] = near  # one earlier sample per class
     moved = away(step)
     for row in (0, 1):
         before = F.cosine_similarity(step.x_t[row].flatten(), near[row].flatten(), dim=0)

@@ -30,7 +30,7 @@ protocol and seed for ``max(checkpoints)`` epochs on the training split only, ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -158,29 +158,29 @@ class InfluenceGuidance:
     deviation: float
     window: tuple[int, int]  # respaced step indices (steps - 1 down to 0), both ends guided
     memory_size: int
-    memory: dict[int, list[Tensor]] = field(default_factory=dict)
+    # [classes, memory_size, *latent]: each class's last final latents, oldest first, NaN
+    # where a class has fewer; made at the first final step.
+    memory: Tensor | None = None
 
     def active(self, index: int, steps: int) -> bool:
         low, high = self.window
         return low <= steps - 1 - index <= high
 
-    def _bank(self, labels: Tensor, like: Tensor) -> Tensor:
-        bank = torch.full((len(labels), self.memory_size, *like.shape[1:]), float("nan"))
-        for row, c in enumerate(labels.tolist()):
-            for slot, latent in enumerate(self.memory.get(c, [])):
-                bank[row, slot] = latent
-        return bank.to(like)
-
     def __call__(self, step: StepState) -> Tensor:
         x, labels = step.x_prev, self.labels[step.items]
+        if len(labels.unique()) != len(labels):
+            raise ValueError("influence guidance samples in rounds: one item per class a batch")
+        if self.memory is None:
+            classes = int(self.labels.max()) + 1
+            self.memory = torch.full((classes, self.memory_size, *x.shape[1:]), float("nan"))
         if self.active(step.index, step.steps):
-            x = x - self.deviation * deviation_gradient(step.x_t, self._bank(labels, x))
+            bank = self.memory[labels.cpu()].to(x)
+            x = x - self.deviation * deviation_gradient(step.x_t, bank)
             x = x - self.weight * self.influence_step(step, labels)
         if step.index == step.steps - 1:  # the final latents join their class's memory
-            for c, latent in zip(labels.tolist(), x.cpu(), strict=True):
-                kept = self.memory.setdefault(c, [])
-                kept.append(latent.clone())
-                del kept[: -self.memory_size]
+            rows = labels.cpu()
+            kept = self.memory[rows, 1:]
+            self.memory[rows] = torch.cat([kept, x.detach().cpu().unsqueeze(1)], dim=1)
         return x
 
     def influence_step(self, step: StepState, labels: Tensor) -> Tensor:
