@@ -13,6 +13,7 @@ fills over days and machines; the README's table is rendered from these files
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -105,7 +106,9 @@ def render_plugins(records: list[dict[str, Any]]) -> str:
             record = by_cell.get((column, ipc))
             cosine = (record or {}).get("diagnostics", {}).get("intra_cosine_features")
             text = _cell(record)
-            cells.append(text if cosine is None else f"{text} (cos {cosine:.3f})")
+            # IPC 1 has no pair within a class: its intra-class cosine is NaN.
+            shown = cosine is not None and math.isfinite(cosine)
+            cells.append(f"{text} (cos {cosine:.3f})" if shown else text)
         lines.append(f"| {ipc} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -117,11 +120,25 @@ def render_sources(records: list[dict[str, Any]]) -> str:
         machine = r["machine"]
         gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
         lines.append(
-            f"- {r['column']} at IPC {r['ipc']}: {machine['cpu']} ({machine['cores']} cores"
-            f"{gpu}), torch {machine['torch']}, commit {r['git_commit'][:7]}, distillation "
-            f"{r['distill_wall_s']:.0f} s, evaluation {r['eval_wall_s']:.0f} s."
+            f"- {r['column']} at IPC {r['ipc']}{_settings(r)}: {machine['cpu']} "
+            f"({machine['cores']} cores{gpu}), torch {machine['torch']}, commit "
+            f"{r['git_commit'][:7]}, distillation {r['distill_wall_s']:.0f} s, evaluation "
+            f"{r['eval_wall_s']:.0f} s."
         )
     return "\n".join(lines)
+
+
+def _settings(record: dict[str, Any]) -> str:
+    """A plug-in cell's settings, in brackets (``minimax`` weights are in the notes)."""
+    parts = []
+    if record.get("lambda_r") is not None and "+" in record["column"]:
+        parts.append(f"lambda_r {record['lambda_r']:g}, lambda_d {record['lambda_d']:g}")
+    if guidance := record.get("guidance"):
+        settings = {k: v for k, v in guidance.items() if k != "kind"}
+        parts.append(f"{guidance['kind']} " + ", ".join(f"{k} {v}" for k, v in settings.items()))
+    if selection := record.get("selection"):
+        parts.append(f"{selection['kind']} of {selection['oversample']} x IPC candidates")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def replace_block(text: str, name: str, body: str) -> str:

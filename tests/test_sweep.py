@@ -186,6 +186,13 @@ def test_failed_and_pruned_trials_are_recorded_and_the_sweep_goes_on(
         ({"sample.ipc": {"type": "int", "low": 1, "high": 50}}, "IPC is a grid axis"),
         ({"eval.protocol": {"type": "categorical", "choices": ["dc"]}}, "validation"),
         (
+            {
+                "sample.guidance.kind": {"type": "categorical", "choices": ["none", "mode"]},
+                "sample.guidance.wieght": {"type": "float", "low": 0.01, "high": 0.1},
+            },
+            "'sample.guidance.wieght' does not fit",
+        ),
+        (
             {"method": {"type": "categorical", "choices": ["minimax", "herding"]}},
             "may only take the generative methods minimax, dit, base in a sweep, not herding",
         ),

@@ -205,12 +205,22 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
     _grid_and_test_guards(sweep, source)
     build_config(trial_data(base, sweep, {}, sweep.ipc[0]), source=str(base_path))
     for key, spec in sweep.space.items():
-        try:
-            build_config(trial_data(base, sweep, {key: spec.example()}, sweep.ipc[0]))
-        except ConfigError as exc:
+        # A plug-in's setting (sample.guidance.weight) fits if it fits one of the kinds the
+        # space searches beside it (sample.guidance.kind); not "none", which ignores them.
+        kind = f"{key.rsplit('.', 1)[0]}.kind"
+        kinds = sweep.space[kind].choices or [] if kind in sweep.space and kind != key else []
+        tries = [{kind: k} for k in kinds if k != "none"] or [{}]
+        errors = []
+        for other in tries:
+            try:
+                build_config(trial_data(base, sweep, {**other, key: spec.example()}, sweep.ipc[0]))
+                break
+            except ConfigError as exc:
+                errors.append(exc)
+        else:
             raise ConfigError(
                 f"{source}: search space key '{key}' does not fit the experiment config "
-                f"({exc}). Hint: use dotted config fields such as finetune.lambda_r."
+                f"({errors[0]}). Hint: use dotted config fields such as finetune.lambda_r."
             ) from None
     return sweep, base
 
