@@ -16,9 +16,9 @@ import yaml
 from PIL import Image
 
 from mdd.baselines import select_herding
-from mdd.cache import claim
+from mdd.cache import Stage, claim
 from mdd.cli import run_main
-from mdd.config import load_config
+from mdd.config import Config, load_config
 from mdd.core import Core
 from mdd.data.folders import KNOWN_IMAGENET_INDEX, subset_wnids
 from mdd.data.surrogate import read_surrogate
@@ -120,6 +120,13 @@ def test_an_imagenet_subsets_judge_sees_its_normalisation_at_the_evaluation_reso
     assert torch.equal(read_surrogate(folder).images, data.train.images[expected])
 
 
+def _run_with(woof_config: Path, overrides: list[str]) -> tuple[Config, dict[str, Stage]]:
+    """``mdd-run`` of the stand-in with ``overrides``; its config and stages by name."""
+    assert run_main([str(woof_config), *[f"--set={o}" for o in overrides]]) == 0
+    config = load_config(woof_config, overrides)
+    return config, {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
+
+
 def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path) -> None:
     overrides = [
         "sample.guidance.kind=mode",
@@ -127,11 +134,8 @@ def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path) -> None
         "selection.kind=herding",
         "selection.oversample=2",
     ]
-    assert run_main([str(woof_config), *[f"--set={o}" for o in overrides]]) == 0
-
-    config = load_config(woof_config, overrides)
+    config, stages = _run_with(woof_config, overrides)
     assert config.composition == "minimax+mode+herding"
-    stages = {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
     pool = read_surrogate(stages["sample"].folder / "data")
     assert pool.images.shape == (40, 3, 32, 32)  # 2 x IPC 2 candidates per class, RGB
     kept = read_surrogate(stages["select"].folder / "data")
@@ -149,10 +153,8 @@ def test_influence_guidance_runs_on_the_dit_xl_path_with_the_vae(woof_config: Pa
         "sample.guidance.real_per_class=2",
         "judge.epochs=1",
     ]
-    assert run_main([str(woof_config), *[f"--set={o}" for o in overrides]]) == 0
-    config = load_config(woof_config, overrides)
+    config, stages = _run_with(woof_config, overrides)
     assert config.composition == "base+influence"
-    stages = {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
     surrogate = read_surrogate(stages["sample"].folder / "data")
     assert surrogate.images.shape == (20, 3, 32, 32)
     assert surrogate.labels.bincount().tolist() == [2] * 10
