@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 # benchmarks/speed.py and results.py, beside this script.
-from quality_results import COLUMNS, PLUGINS, RESULTS, read_result, result_path, write_result
+from quality_results import COLUMNS, PLUGINS, RESULTS
 from speed import hardware
 
 from mdd.cli import add_set_argument, stop_on_sigterm
@@ -51,6 +51,7 @@ from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import plan as stage_plan
 from mdd.report import DIAGNOSTICS, mean_std
+from mdd.results import read_result, result_path, write_result
 from mdd.sweep import best_params
 from mdd.tracking import Tracker, redact
 

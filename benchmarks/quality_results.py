@@ -1,28 +1,20 @@
-"""The quality grid's result files: one small JSON per finished cell, kept in the repository.
+"""The quality grid's tables, rendered from its result files (``mdd.results``).
 
-A cell of ``benchmarks/quality_fmnist.py`` takes from minutes to hours on a CPU, and the
-stage cache that would resume it lives in the ignored ``runs/`` folder. So each finished
-cell writes ``benchmarks/results/<dataset>/<column>-ipc<N>.json``: what was run (the
-composition, IPC, protocol, config hash), what came out (each network's last- and
-best-epoch accuracy, their mean and std, the surrogate set's diagnostics), what it cost
-(distillation and evaluation wall time) and where (machine, torch, git commit). The grid
-fills over days and machines; the README's table is rendered from these files
-(``benchmarks/render_results.py``), never typed.
+Each finished cell of ``benchmarks/quality_fmnist.py`` leaves
+``benchmarks/results/<dataset>/<column>-ipc<N>.json``; the README's tables are rendered
+from those files (``benchmarks/render_results.py``), never typed.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from mdd.results import read_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SCHEMA = 1
 COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
 # Plug-in compositions (``mdd.methods``) of the grid, in a table of their own: MGD3's mode
 # guidance, IGD's influence guidance and generate-then-select by the judge's confidence.
@@ -34,38 +26,11 @@ PLUGINS = (
     "dit+confidence",
     "minimax+confidence",
 )
-_NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)\.json")
-
-
-def result_path(folder: Path, column: str, ipc: int) -> Path:
-    return folder / f"{column}-ipc{ipc}.json"
-
-
-def read_result(path: Path) -> dict[str, Any] | None:
-    """The record in ``path``, or None if there is none (or it is not a result file)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) and record.get("schema") == SCHEMA else None
-
-
-def write_result(path: Path, record: dict[str, Any]) -> None:
-    """Write atomically: a benchmark stopped mid-write leaves the old file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump({"schema": SCHEMA, **record}, out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(temporary, path)
 
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
     """Every result file in ``folder``, sorted by IPC then column."""
-    records = []
-    for path in sorted(folder.glob("*.json")):
-        if _NAME.fullmatch(path.name) and (record := read_result(path)) is not None:
-            records.append(record)
+    records = read_results(folder)
     order = {column: index for index, column in enumerate(COLUMNS + PLUGINS)}
     return sorted(records, key=lambda r: (r["ipc"], order.get(r["column"], len(order))))
 
@@ -77,11 +42,11 @@ def _cell(record: dict[str, Any] | None) -> str:
 
 
 def render_table(records: list[dict[str, Any]], published: dict[int, str]) -> str:
-    """Rows IPC, columns the grid's methods, then the published DC / DSA figures."""
+    """Rows IPC, columns the grid's methods, then the published DC / DSA / KIP figures."""
     by_cell = {(r["column"], r["ipc"]): r for r in records}
     ipcs = sorted({r["ipc"] for r in records} | set(published))
     lines = [
-        "| IPC | " + " | ".join(COLUMNS) + " | DC / DSA, published |",
+        "| IPC | " + " | ".join(COLUMNS) + " | DC / DSA / KIP, published |",
         "|" + "---|" * (len(COLUMNS) + 2),
     ]
     for ipc in ipcs:

@@ -143,8 +143,11 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from mdd.config import TrackingConfig
-    from mdd.report import write_report
+    from mdd.report import write_report, write_results_report
 
+    if args.results is not None:
+        print(write_results_report(args.results, args.out))
+        return 0
     tracking = TrackingConfig(experiment=args.experiment)
     print(write_report(tracking, args.out))
     return 0
@@ -212,7 +215,13 @@ def _mdd_parser() -> argparse.ArgumentParser:
     consistency.set_defaults(body=_cmd_consistency)
 
     report = sub.add_parser("report", help="paper-style results table from the MLflow store")
-    report.add_argument("--experiment", default="mdd")
+    source = report.add_mutually_exclusive_group()
+    source.add_argument("--experiment", default="mdd", help="MLflow experiment (default mdd)")
+    source.add_argument(
+        "--results",
+        metavar="FOLDER",
+        help="read a quality benchmark's result files instead (benchmarks/results/<dataset>)",
+    )
     report.add_argument("--out", default="runs/report", help="folder for report.md and .csv")
     report.set_defaults(body=_cmd_report)
     return parser

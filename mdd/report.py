@@ -1,10 +1,11 @@
-"""``mdd report``: the paper-style results table, built from the finished runs in MLflow.
+"""``mdd report``: the paper-style results table, built from the finished runs in MLflow
+or from a quality benchmark's result files (``mdd.results``).
 
 One row per (dataset, protocol, method, IPC, network) cell, from the newest finished
 run that has test-split metrics and is a result: a top-level ``mdd-run`` run, or a sweep's
-final rerun (``mdd.final``), never a stage run or a sweep trial. Written as ``report.md``
-(the long table and, per dataset and protocol, a pivot shaped like the paper's table) and
-``report.csv``.
+final rerun (``mdd.final``), never a stage run or a sweep trial; or from the cell's result
+file. Written as ``report.md`` (the long table and, per dataset and protocol, a pivot
+shaped like the paper's table) and ``report.csv``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mdd.config import TrackingConfig
-from mdd.errors import MddError
+from mdd.errors import DataError, MddError
+from mdd.results import read_results
 from mdd.tracking import finished_runs, redact, tracking_uri
 
 # Baselines first, the paper's method last, the whole dataset as the upper bound after it.
@@ -226,8 +228,8 @@ def _diagnostics_table(rows: list[Row]) -> list[str]:
     return ["", "## Surrogate-set diagnostics", "", DIAGNOSTICS_LEGEND, "", *_table(header, body)]
 
 
-def format_markdown(rows: list[Row], unplaced: list[str], experiment: str, store: str) -> str:
-    lines = [f"# Results of experiment `{experiment}`", "", f"Store: `{redact(store)}`.", ""]
+def format_markdown(rows: list[Row], unplaced: list[str], title: str, store: str) -> str:
+    lines = [f"# Results of {title}", "", f"Store: `{redact(store)}`.", ""]
     lines += [LEGEND, ""]
     header = ["dataset", "method", "IPC", "network", "protocol"]
     header += ["last acc (%)", "best acc (%)", "repeats", "runs"]
@@ -286,9 +288,61 @@ def write_report(tracking: TrackingConfig, out: str | Path) -> str:
             "sweep trials and the proxy protocol's validation metrics are left out). "
             "Hint: run `mdd-run CONFIG` with eval.protocol dc or idc."
         )
-    folder = Path(out)
+    title = f"experiment `{tracking.experiment}`"
+    return _write(format_markdown(rows, unplaced, title, store), rows, Path(out))
+
+
+def rows_from_results(records: list[dict[str, Any]], dataset: str) -> list[Row]:
+    """One row per result file (``mdd.results``): a file is one cell, measured once."""
+    rows = [_result_row(record, dataset) for record in records]
+    rows.sort(key=lambda r: (r.dataset, r.protocol, r.ipc, r.network, _method_rank(r.method)))
+    return rows
+
+
+def _result_row(record: dict[str, Any], dataset: str) -> Row:
+    try:
+        return Row(
+            dataset=record.get("dataset", dataset),
+            method=record["column"],  # the benchmark's name: minimax-swept, dit+mode, ...
+            ipc=int(record["ipc"]),
+            network=record["network"],
+            protocol=record["protocol"],
+            last_acc_mean=record["last_acc_mean"],
+            last_acc_std=record["last_acc_std"],
+            best_acc_mean=record["best_acc_mean"],
+            best_acc_std=record["best_acc_std"],
+            repeats=int(record["repeats"]),
+            runs=1,
+            run_id=record["file"],
+            diagnostics=record.get("diagnostics", {}),
+        )
+    except KeyError as exc:
+        raise DataError(
+            f"result file {record.get('file', '?')} has no {exc.args[0]!r}. Hint: rerun its "
+            "cell with benchmarks/quality_fmnist.py, which writes every field."
+        ) from None
+
+
+def write_results_report(folder: str | Path, out: str | Path) -> str:
+    """``write_report`` from the result files in ``folder`` (named after its dataset)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(
+            f"result folder {folder} does not exist. Hint: the quality benchmark writes "
+            "benchmarks/results/<dataset>/."
+        )
+    rows = rows_from_results(read_results(folder), dataset=folder.name)
+    if not rows:
+        raise MddError(
+            f"{folder} holds no result file (<method>-ipc<N>.json of schema 1). Hint: run "
+            "benchmarks/quality_fmnist.py, whose finished cells write them."
+        )
+    markdown = format_markdown(rows, [], f"the result files in `{folder}`", str(folder))
+    return _write(markdown, rows, Path(out))
+
+
+def _write(markdown: str, rows: list[Row], folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
-    markdown = format_markdown(rows, unplaced, tracking.experiment, store)
     (folder / "report.md").write_text(markdown, encoding="utf-8")
     write_csv(rows, folder / "report.csv")
     return markdown

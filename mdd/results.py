@@ -1,0 +1,58 @@
+"""Result files: one small JSON per finished cell of a quality benchmark, kept in the repository.
+
+A cell of ``benchmarks/quality_fmnist.py`` takes from minutes to hours on a CPU, and the
+stage cache that would resume it lives in the ignored ``runs/`` folder. So each finished
+cell writes ``benchmarks/results/<dataset>/<column>-ipc<N>.json``: what was run (the
+composition, IPC, protocol, config hash), what came out (each network's last- and
+best-epoch accuracy, their mean and std, the surrogate set's diagnostics), what it cost
+(distillation and evaluation wall time) and where (machine, torch, git commit). The grid
+fills over days and machines; the README's table is rendered from these files and
+``mdd report --results FOLDER`` reads them as it reads MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+_NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)\.json")
+
+
+def result_path(folder: Path, column: str, ipc: int) -> Path:
+    return folder / f"{column}-ipc{ipc}.json"
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The record in ``path``, or None if there is none (or it is not a result file)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("schema") == SCHEMA else None
+
+
+def write_result(path: Path, record: dict[str, Any]) -> None:
+    """Write atomically: a benchmark stopped mid-write leaves the old file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump({"schema": SCHEMA, **record}, out, indent=2, sort_keys=True)
+        out.write("\n")
+    os.replace(temporary, path)
+
+
+def read_results(folder: Path) -> list[dict[str, Any]]:
+    """Every result file in ``folder`` (by file name), each with the ``file`` it came from.
+
+    Other JSON files, and files of another schema, are left out: a folder may hold notes.
+    """
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        if _NAME.fullmatch(path.name) and (record := read_result(path)) is not None:
+            records.append({**record, "file": path.name})
+    return records
