@@ -43,6 +43,8 @@ def write_result(path: Path, record: dict[str, Any]) -> None:
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump({"schema": SCHEMA, **record}, out, indent=2, sort_keys=True)
         out.write("\n")
+    # mkstemp makes the file private (0600); a result file is for everyone who reads the repo.
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)
 
 

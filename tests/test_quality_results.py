@@ -42,6 +42,7 @@ def test_result_files_round_trip_and_load_in_ipc_then_column_order(tmp_path: Pat
     ]
     assert read_result(result_path(tmp_path, "dit", 1))["schema"] == 1
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    assert result_path(tmp_path, "dit", 1).stat().st_mode & 0o777 == 0o644
 
 
 def test_the_table_has_every_column_marks_missing_cells_and_shows_the_published_figures() -> None:
