@@ -125,6 +125,10 @@ def _method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
+def _row_order(row: Row) -> tuple[str, str, int, str, tuple[int, str]]:
+    return (row.dataset, row.protocol, row.ipc, row.network, _method_rank(row.method))
+
+
 def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
     """One row per cell from the newest reported run; ``runs`` counts every run of the cell.
 
@@ -178,7 +182,7 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
                 diagnostics=newest["diagnostics"],
             )
         )
-    rows.sort(key=lambda r: (r.dataset, r.protocol, r.ipc, r.network, _method_rank(r.method)))
+    rows.sort(key=_row_order)
     return rows, sorted(unplaced)
 
 
@@ -295,7 +299,7 @@ def write_report(tracking: TrackingConfig, out: str | Path) -> str:
 def rows_from_results(records: list[dict[str, Any]], dataset: str) -> list[Row]:
     """One row per result file (``mdd.results``): a file is one cell, measured once."""
     rows = [_result_row(record, dataset) for record in records]
-    rows.sort(key=lambda r: (r.dataset, r.protocol, r.ipc, r.network, _method_rank(r.method)))
+    rows.sort(key=_row_order)
     return rows
 
 
