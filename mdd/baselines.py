@@ -4,6 +4,8 @@
 - ``select_herding``: greedy mean matching (Welling 2009; Rebuffi et al. 2017, as in IDC's
   coreset.py): step k takes the unpicked item x minimising
   ``|| mu - (sum of the picked + x) / k ||`` for the class mean ``mu``.
+  ``real-herding`` (``mdd.methods``) runs the same greedy steps over generated candidates
+  toward the real class mean instead of the candidates' own.
 - ``select_kcenter``: greedy k-center (farthest-point) selection: start from one item and
   repeatedly add the item farthest from everything picked so far.
 
@@ -42,11 +44,14 @@ def select_random(labels: torch.Tensor, ipc: int, seed: int) -> torch.Tensor:
     return per_class_index(labels.cpu(), ipc, seed)
 
 
-def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
-    """The first ``count`` picks of greedy mean matching among ``features`` [n, d]."""
+def herding_order(
+    features: torch.Tensor, count: int, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The first ``count`` picks of greedy mean matching among ``features`` [n, d], toward
+    ``target`` [d] (default: their own mean)."""
     x = features.double()
     n = len(x)
-    mean = x.mean(dim=0)
+    mean = x.mean(dim=0) if target is None else target.double().cpu()
     sq_norms = (x * x).sum(dim=1)
     picked_sum = torch.zeros_like(mean)
     taken = torch.zeros(n, dtype=torch.bool)
@@ -77,10 +82,26 @@ def kcenter_order(features: torch.Tensor, count: int, start: int) -> torch.Tenso
     return order
 
 
-def select_herding(features: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
+def select_herding(
+    features: torch.Tensor, labels: torch.Tensor, ipc: int, targets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Herding per class, toward each class's own mean, or toward ``targets[c]`` [classes, d]
+    (the real class means, when the items are generated candidates)."""
     labels = labels.cpu()
-    members = _class_members(labels, ipc)
-    return torch.cat([m[herding_order(features[m].cpu(), ipc)] for m in members])
+    picks = []
+    for m in _class_members(labels, ipc):
+        target = None if targets is None else targets[int(labels[m[0]])]
+        picks.append(m[herding_order(features[m].cpu(), ipc, target)])
+    return torch.cat(picks)
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The mean feature of each class [classes, d], float64; a class with no item is NaN."""
+    x = features.double().cpu()
+    labels = labels.cpu()
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return sums / counts.unsqueeze(1)
 
 
 def select_kcenter(

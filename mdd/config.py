@@ -239,10 +239,11 @@ class SampleConfig(Section):
 
 class SelectionConfig(Section):
     """Generate-then-select (``mdd.methods``): ``oversample`` x IPC candidates per class,
-    of which IPC are kept by herding or k-center in the judge's features, or by the judge's
+    of which IPC are kept by herding (toward the candidates' mean or, ``real-herding``, the
+    training split's class mean) or k-center in the judge's features, or by the judge's
     confidence in the intended class."""
 
-    kind: Literal["none", "herding", "kcenter", "confidence"] = "herding"
+    kind: Literal["none", "herding", "real-herding", "kcenter", "confidence"] = "herding"
     oversample: int = Field(4, ge=2)
 
 

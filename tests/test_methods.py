@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mdd.baselines import select_confident
+from mdd.baselines import class_means, select_confident
 from mdd.config import (
     Config,
     ModeGuidanceConfig,
@@ -17,6 +17,7 @@ from mdd.config import (
     apply_overrides,
     build_config,
 )
+from mdd.data import ImageSet
 from mdd.data.surrogate import read_surrogate
 from mdd.diffusion.sampling import (
     StepState,
@@ -26,7 +27,7 @@ from mdd.diffusion.sampling import (
     step_std,
 )
 from mdd.errors import ConfigError
-from mdd.methods import SELECTIONS, composition_overrides
+from mdd.methods import SELECTIONS, Candidates, composition_overrides
 from mdd.methods.mode import ModeGuidance, class_modes, kmeans, mode_targets
 from mdd.plan import plan
 from tests.test_pipeline import _fingerprint, run_cli, runs_by_name
@@ -167,12 +168,44 @@ def test_selection_plugins_pick_in_the_judges_features_or_by_its_confidence() ->
     probabilities = torch.tensor([[0.9, 0.1]] * 3 + [[0.2, 0.8]] + [[0.4, 0.6], [0.3, 0.7]])
     judge = SimpleNamespace(features=lambda images: features, probabilities=lambda x: probabilities)
     images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    pool = Candidates(judge, images, labels, ImageSet(images, labels))
     # k-center starts at the item nearest the class mean (3.25: the one at 2), then the farthest.
-    assert SELECTIONS["kcenter"](judge, images, labels, 2).tolist() == [2, 3, 4, 5]
+    assert SELECTIONS["kcenter"](pool, 2).tolist() == [2, 3, 4, 5]
     # Herding's first pick is the item nearest the class mean (3.25: the one at 2; class 1's
     # 100.5 is as near 100 as 101, and the earlier wins).
-    assert SELECTIONS["herding"](judge, images, labels, 1).tolist() == [2, 4]
-    assert SELECTIONS["confidence"](judge, images, labels, 1).tolist() == [0, 5]
+    assert SELECTIONS["herding"](pool, 1).tolist() == [2, 4]
+    assert SELECTIONS["confidence"](pool, 1).tolist() == [0, 5]
+
+
+def test_real_herding_matches_the_training_splits_class_mean_not_the_pools() -> None:
+    # Candidates as above; the real images of class 0 lie at 0.4 and 1.4 (mean 0.9), class
+    # 1's at 101 and 103 (mean 102). The judge maps the 4 real images after the 6 candidates.
+    candidate_features = torch.tensor([[0.0], [1.0], [2.0], [10.0], [100.0], [101.0]])
+    real_features = torch.tensor([[0.4], [1.4], [101.0], [103.0]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    real = ImageSet(torch.ones(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]))
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return real_features if bool(images.any()) else candidate_features
+
+    judge = SimpleNamespace(features=features)
+    pool = Candidates(judge, torch.zeros(6, 1, 2, 2, dtype=torch.uint8), labels, real)
+    # Step 1 takes the candidate nearest 0.9 (the one at 1) and nearest 102 (at 101). Step 2
+    # of class 0 wants 2 x 0.9 - 1 = 0.8: the one at 0 (0.8 away) beats the one at 2 (1.2);
+    # class 1's only other candidate is the one at 100.
+    assert SELECTIONS["real-herding"](pool, 1).tolist() == [1, 5]
+    assert SELECTIONS["real-herding"](pool, 2).tolist() == [1, 0, 5, 4]
+    # Toward the pool's own mean (3.25) class 0's picks differ: the one at 2, then the one
+    # nearest 2 x 3.25 - 2 = 4.5 (the one at 1).
+    assert SELECTIONS["herding"](pool, 2).tolist()[:2] == [2, 1]
+
+
+def test_class_means_averages_each_classs_features() -> None:
+    features = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 0.0]])
+    means = class_means(features, torch.tensor([0, 0, 2]), 3)
+    assert means[0].tolist() == [2.0, 4.0]
+    assert means[2].tolist() == [5.0, 0.0]
+    assert torch.isnan(means[1]).all()
 
 
 def _keys(config: Config) -> dict[str, str]:

@@ -6,7 +6,8 @@ A method is a composition (``Config.composition``, e.g. ``minimax+mode+kcenter``
   ``mode`` is MGD3's mode guidance (``mode.py``), ``influence`` IGD's influence guidance
   (``influence.py``);
 - *selection* (``selection``): ``oversample`` x IPC candidates are sampled per class and IPC
-  of them kept by the judge (trained on the training split only): ``herding`` or ``kcenter``
+  of them kept by the judge (trained on the training split only): ``herding`` (toward the
+  candidates' mean), ``real-herding`` (toward the training split's class mean) or ``kcenter``
   in its features, or ``confidence``, its probability of the intended class.
 
 Each registry maps the name a config gives to the code that builds the part.
@@ -20,9 +21,9 @@ from typing import Any
 
 import torch
 
-from mdd.baselines import select_confident, select_herding, select_kcenter
+from mdd.baselines import class_means, select_confident, select_herding, select_kcenter
 from mdd.config import GENERATIVE, Config, InfluenceGuidanceConfig, ModeGuidanceConfig
-from mdd.data import DatasetSplits
+from mdd.data import DatasetSplits, ImageSet
 from mdd.data.latents import LatentSet
 from mdd.diffusion.sampling import Steer
 from mdd.errors import ConfigError
@@ -73,21 +74,41 @@ GUIDANCES: dict[str, Callable[[Any, SamplingContext], Steer]] = {
 }
 
 
-def _herding(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
-    return select_herding(judge.features(images), labels, ipc)
+@dataclass(frozen=True)
+class Candidates:
+    """What a selection plug-in picks from: a class-labelled pool, judged by the judge."""
+
+    judge: Judge  # trained on the training split only
+    images: torch.Tensor  # uint8 [n, C, H, W]
+    labels: torch.Tensor  # [n]
+    real: ImageSet  # the training split, for a selection that matches the real images
 
 
-def _kcenter(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
-    return select_kcenter(judge.features(images), labels, ipc)
+def _herding(pool: Candidates, ipc: int) -> torch.Tensor:
+    return select_herding(pool.judge.features(pool.images), pool.labels, ipc)
 
 
-def _confidence(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> torch.Tensor:
-    return select_confident(judge.probabilities(images), labels, ipc)
+def _real_herding(pool: Candidates, ipc: int) -> torch.Tensor:
+    # The pool's own mean is what the sampler made; the training split's is what the set
+    # should stand for (herding real images at IPC 1 keeps the one nearest that mean).
+    real = pool.real
+    num_classes = int(max(real.labels.max(), pool.labels.max())) + 1
+    means = class_means(pool.judge.features(real.images), real.labels, num_classes)
+    return select_herding(pool.judge.features(pool.images), pool.labels, ipc, means)
 
 
-# name -> (judge, candidate images, their labels, IPC) -> indices of the kept candidates
-SELECTIONS: dict[str, Callable[[Judge, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+def _kcenter(pool: Candidates, ipc: int) -> torch.Tensor:
+    return select_kcenter(pool.judge.features(pool.images), pool.labels, ipc)
+
+
+def _confidence(pool: Candidates, ipc: int) -> torch.Tensor:
+    return select_confident(pool.judge.probabilities(pool.images), pool.labels, ipc)
+
+
+# name -> (the candidate pool, IPC) -> indices of the kept candidates
+SELECTIONS: dict[str, Callable[[Candidates, int], torch.Tensor]] = {
     "herding": _herding,
+    "real-herding": _real_herding,
     "kcenter": _kcenter,
     "confidence": _confidence,
 }

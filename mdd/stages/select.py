@@ -20,7 +20,7 @@ from mdd.config import Config
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import read_surrogate, write_surrogate
 from mdd.eval.judge import load_judge
-from mdd.methods import SELECTIONS
+from mdd.methods import SELECTIONS, Candidates
 from mdd.stages import surrogate_manifest
 
 
@@ -73,7 +73,8 @@ def select_candidates(
     candidates = read_surrogate(pool)
     judge = load_judge(data, config, device)
     pick = SELECTIONS[config.selection.kind]
-    index = pick(judge, candidates.images, candidates.labels, config.sample.ipc)
+    offered = Candidates(judge, candidates.images, candidates.labels, data.train)
+    index = pick(offered, config.sample.ipc)
     source = candidates.manifest["source_checkpoint"]
     manifest = surrogate_manifest(
         config,
