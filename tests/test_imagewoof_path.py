@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from mdd.baselines import select_herding
+from mdd.baselines import class_means, select_herding
 from mdd.cache import Stage, claim
 from mdd.cli import run_main
 from mdd.config import Config, load_config
@@ -27,7 +27,7 @@ from mdd.eval.judge import judge_cache_path, load_judge
 from mdd.eval.networks import ResNetAP
 from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD
 from mdd.plan import plan
-from mdd.stages.select import select_surrogate
+from mdd.stages.select import select_candidates, select_surrogate
 from tests.test_autoencoder import tiny_vae
 
 
@@ -127,7 +127,7 @@ def _run_with(woof_config: Path, overrides: list[str]) -> tuple[Config, dict[str
     return config, {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
 
 
-def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path) -> None:
+def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path, tmp_path: Path) -> None:
     overrides = [
         "sample.guidance.kind=mode",
         "sample.guidance.stop_step=0",
@@ -142,6 +142,17 @@ def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path) -> None
     assert kept.labels.bincount().tolist() == [2] * 10
     # Herding keeps candidates of the pool itself.
     assert all(any(torch.equal(image, other) for other in pool.images) for image in kept.images)
+    # real-herding herds the same pool toward the training split's class means, in the
+    # ResNetAP-10 judge's features at 224 px.
+    real = load_config(woof_config, [*overrides, "selection.kind=real-herding"])
+    core = Core.load(real)
+    pool_folder = stages["sample"].folder / "data"
+    folder = select_candidates(pool_folder, core.data, real, tmp_path / "real", core.device)
+    judge = load_judge(core.data, real, core.device)
+    train = core.data.train
+    means = class_means(judge.features(train.images), train.labels, 10)
+    expected = select_herding(judge.features(pool.images), pool.labels, 2, means)
+    assert torch.equal(read_surrogate(folder).images, pool.images[expected])
 
 
 def test_influence_guidance_runs_on_the_dit_xl_path_with_the_vae(woof_config: Path) -> None:
