@@ -17,6 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from mdd.results import read_result
 from mdd.sweep import best_params
 from tests.conftest import write_tiny_fashion_mnist
 
@@ -257,3 +258,25 @@ def test_a_cell_with_a_matching_result_file_is_read_back_and_a_stale_one_recompu
     names = {run.info.run_name for run in client.search_runs([experiment.experiment_id])}
     assert "quality_resumed-random-ipc1" in names
     assert "quality_resumed-minimax-ipc1" not in names
+
+
+def test_pool_diagnostics_read_a_cells_candidate_pool_and_kept_set_from_the_cache(quick_run):
+    work = quick_run["work"]
+    command = [sys.executable, str(SCRIPT.parent / "pool_diagnostics.py"), "--quick"]
+    command += ["--ipc", "2", "--methods", "dit+confidence", "dit"]
+    for override in (f"data.root={work / 'data'}", f"cache_dir={work / 'cache'}", "device=cpu"):
+        command += ["--set", override]
+    found = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    # dit has no selection, hence no pool: a clear message and a non-zero exit.
+    assert found.returncode == 1
+    assert "dit: no selection, so no candidate pool to diagnose" in found.stderr
+    command.remove("dit")
+    found = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    assert found.returncode == 0, found.stderr[-3000:]
+    table = markdown_table(found.stdout, "set")
+    # The quick confidence cell keeps IPC 2 of 4 x 2 candidates for each of 10 classes.
+    assert table["dit+confidence pool"]["images"] == "80"
+    assert table["dit+confidence kept"]["images"] == "20"
+    record = read_result(work / "results" / "dit+confidence-ipc2.json")
+    kept = float(table["dit+confidence kept"]["frechet_features"])
+    assert kept == pytest.approx(record["diagnostics"]["frechet_features"], abs=1e-3)
