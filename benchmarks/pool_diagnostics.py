@@ -64,14 +64,17 @@ def rows(args: argparse.Namespace) -> list[str]:
         "| set | images | " + " | ".join(SHOWN) + " |",
         "|" + "---|" * (len(SHOWN) + 2),
     ]
+    args.experiment, args.repeats, args.full_epochs = None, None, None  # as the benchmark's
+    mode = QUICK if args.quick else STANDARD
     core: Core | None = None
     for column in args.methods:
-        args.experiment, args.repeats, args.full_epochs = None, None, None
-        mode = QUICK if args.quick else STANDARD
         config = cell_config(mode, args, column, args.ipc, _weights(column, args.best_weights))
         if config.selection is None:
             raise MddError(f"{column}: no selection, so no candidate pool to diagnose")
-        core = core or Core.load(config)
+        if core is None:  # the data, the judge and the real images are every column's
+            core = Core.load(config)
+            judge = load_judge(core.data, config, core.device)
+            real = real_data(core.data)
         stages = {stage.name: stage for stage in plan(config, core.data.fingerprint)}
         if not stages["sample"].cached:
             raise MddError(
@@ -79,8 +82,6 @@ def rows(args: argparse.Namespace) -> list[str]:
                 f"{config.cache_dir}. Hint: run benchmarks/quality_fmnist.py with the same "
                 "--ipc, --methods and --set first."
             )
-        judge = load_judge(core.data, config, core.device)
-        real = real_data(core.data)
         for part, stage in (("pool", "sample"), ("kept", "select")):
             if not stages[stage].cached:  # a cell read back from its result file
                 lines.append(f"| {column} {part} | not in the cache |" + " |" * len(SHOWN))
