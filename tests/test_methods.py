@@ -17,7 +17,6 @@ from mdd.config import (
     apply_overrides,
     build_config,
 )
-from mdd.data import ImageSet
 from mdd.data.surrogate import read_surrogate
 from mdd.diffusion.sampling import (
     StepState,
@@ -168,7 +167,7 @@ def test_selection_plugins_pick_in_the_judges_features_or_by_its_confidence() ->
     probabilities = torch.tensor([[0.9, 0.1]] * 3 + [[0.2, 0.8]] + [[0.4, 0.6], [0.3, 0.7]])
     judge = SimpleNamespace(features=lambda images: features, probabilities=lambda x: probabilities)
     images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
-    pool = Candidates(judge, images, labels, ImageSet(images, labels))
+    pool = Candidates(judge, images, labels, labels, lambda: features)
     # k-center starts at the item nearest the class mean (3.25: the one at 2), then the farthest.
     assert SELECTIONS["kcenter"](pool, 2).tolist() == [2, 3, 4, 5]
     # Herding's first pick is the item nearest the class mean (3.25: the one at 2; class 1's
@@ -179,17 +178,14 @@ def test_selection_plugins_pick_in_the_judges_features_or_by_its_confidence() ->
 
 def test_real_herding_matches_the_training_splits_class_mean_not_the_pools() -> None:
     # Candidates as above; the real images of class 0 lie at 0.4 and 1.4 (mean 0.9), class
-    # 1's at 101 and 103 (mean 102). The judge maps the 4 real images after the 6 candidates.
+    # 1's at 101 and 103 (mean 102).
     candidate_features = torch.tensor([[0.0], [1.0], [2.0], [10.0], [100.0], [101.0]])
     real_features = torch.tensor([[0.4], [1.4], [101.0], [103.0]])
     labels = torch.tensor([0, 0, 0, 0, 1, 1])
-    real = ImageSet(torch.ones(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]))
-
-    def features(images: torch.Tensor) -> torch.Tensor:
-        return real_features if bool(images.any()) else candidate_features
-
-    judge = SimpleNamespace(features=features)
-    pool = Candidates(judge, torch.zeros(6, 1, 2, 2, dtype=torch.uint8), labels, real)
+    real_labels = torch.tensor([0, 0, 1, 1])
+    judge = SimpleNamespace(features=lambda images: candidate_features)
+    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    pool = Candidates(judge, images, labels, real_labels, lambda: real_features)
     # Step 1 takes the candidate nearest 0.9 (the one at 1) and nearest 102 (at 101). Step 2
     # of class 0 wants 2 x 0.9 - 1 = 0.8: the one at 0 (0.8 away) beats the one at 2 (1.2);
     # class 1's only other candidate is the one at 100.

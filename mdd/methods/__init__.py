@@ -23,7 +23,7 @@ import torch
 
 from mdd.baselines import class_means, select_confident, select_herding, select_kcenter
 from mdd.config import GENERATIVE, Config, InfluenceGuidanceConfig, ModeGuidanceConfig
-from mdd.data import DatasetSplits, ImageSet
+from mdd.data import DatasetSplits
 from mdd.data.latents import LatentSet
 from mdd.diffusion.sampling import Steer
 from mdd.errors import ConfigError
@@ -81,7 +81,10 @@ class Candidates:
     judge: Judge  # trained on the training split only
     images: torch.Tensor  # uint8 [n, C, H, W]
     labels: torch.Tensor  # [n]
-    real: ImageSet  # the training split, for a selection that matches the real images
+    # The training split, for a selection that matches the real images: its labels, and the
+    # judge's features of its images, computed (or read from the cache) only when asked for.
+    real_labels: torch.Tensor
+    real_features: Callable[[], torch.Tensor]
 
 
 def _herding(pool: Candidates, ipc: int) -> torch.Tensor:
@@ -91,9 +94,8 @@ def _herding(pool: Candidates, ipc: int) -> torch.Tensor:
 def _real_herding(pool: Candidates, ipc: int) -> torch.Tensor:
     # The pool's own mean is what the sampler made; the training split's is what the set
     # should stand for (herding real images at IPC 1 keeps the one nearest that mean).
-    real = pool.real
-    num_classes = int(max(real.labels.max(), pool.labels.max())) + 1
-    means = class_means(pool.judge.features(real.images), real.labels, num_classes)
+    num_classes = int(max(pool.real_labels.max(), pool.labels.max())) + 1
+    means = class_means(pool.real_features(), pool.real_labels, num_classes)
     return select_herding(pool.judge.features(pool.images), pool.labels, ipc, means)
 
 

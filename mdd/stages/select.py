@@ -19,13 +19,13 @@ from mdd.baselines import select_herding, select_kcenter, select_random
 from mdd.config import Config
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import read_surrogate, write_surrogate
-from mdd.eval.judge import load_judge
+from mdd.eval.judge import load_judge, train_features
 from mdd.methods import SELECTIONS, Candidates
 from mdd.stages import surrogate_manifest
 
 
 def _features(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return load_judge(data, config, device).features(data.train.images)
+    return train_features(load_judge(data, config, device), data, config)
 
 
 def _random(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
@@ -73,7 +73,13 @@ def select_candidates(
     candidates = read_surrogate(pool)
     judge = load_judge(data, config, device)
     pick = SELECTIONS[config.selection.kind]
-    offered = Candidates(judge, candidates.images, candidates.labels, data.train)
+    offered = Candidates(
+        judge,
+        candidates.images,
+        candidates.labels,
+        data.train.labels,
+        lambda: train_features(judge, data, config),
+    )
     index = pick(offered, config.sample.ipc)
     source = candidates.manifest["source_checkpoint"]
     manifest = surrogate_manifest(
