@@ -3,10 +3,15 @@
     .venv/bin/python benchmarks/render_results.py                  # print the table
     .venv/bin/python benchmarks/render_results.py --write README.md
     .venv/bin/python benchmarks/render_results.py --check README.md  # exit 1 if it differs
+    .venv/bin/python benchmarks/render_results.py \
+        --results benchmarks/results/fashion_mnist_pools --write README.md
 
 The README holds the table between ``<!-- quality-fashion_mnist -->`` and
-``<!-- /quality-fashion_mnist -->``; ``tests/test_results.py`` checks that it is what the
-committed files render, so no number there is typed by hand.
+``<!-- /quality-fashion_mnist -->``; ``tests/test_quality_results.py`` checks that it is what
+the committed files render, so no number there is typed by hand. Another folder of result
+files (a study of one setting, such as the candidate pool's size, kept apart from the grid
+because its cells share the grid's column names) renders into the block named after the
+folder, ``<!-- quality-fashion_mnist_pools -->``: its plug-in table and sources only.
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ WHOLE_SET = {"fashion_mnist": "about 93.5"}
 
 
 def render(dataset: str, folder: Path | None = None) -> str:
+    """The grid of ``dataset``'s own result folder, or the plug-in table of another one."""
+    grid = folder is None or folder.resolve() == (RESULTS / dataset).resolve()
     records = load_results(folder or RESULTS / dataset)
-    table = render_table(records, PUBLISHED.get(dataset, {}))
     sources = render_sources(records) or "- no cell has a result file yet."
+    if not grid:
+        return f"{render_plugins(records)}\n\n{sources}"
+    table = render_table(records, PUBLISHED.get(dataset, {}))
     notes = (
         "Last-epoch test accuracy %, mean ± std over the networks of each cell (ConvNet-3, DC "
         f"protocol); `full` trains on the whole training split (published: {WHOLE_SET[dataset]})."
@@ -54,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--check", type=Path, metavar="README", help="exit 1 if it differs")
     args = parser.parse_args(argv)
     body = render(args.dataset, args.results)
+    block = f"quality-{args.results.resolve().name if args.results else args.dataset}"
     if args.write is None and args.check is None:
         print(body)
         return 0
     path = args.write or args.check
     text = path.read_text(encoding="utf-8")
-    updated = replace_block(text, f"quality-{args.dataset}", body)
+    updated = replace_block(text, block, body)
     if args.check is not None:
         if updated != text:
             print(

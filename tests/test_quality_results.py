@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
 from quality_results import load_results, render_sources, render_table, replace_block  # noqa: E402
+from render_results import render  # noqa: E402
 
 from mdd.results import read_result, result_path, write_result  # noqa: E402
 
@@ -70,9 +71,34 @@ def test_replace_block_sets_the_lines_between_the_markers_and_needs_exactly_one_
         replace_block("no block", "q", "new")
 
 
-def test_the_readme_table_is_what_the_committed_result_files_render() -> None:
+def test_a_study_folder_renders_its_plugin_table_and_sources_without_the_grid(
+    tmp_path: Path,
+) -> None:
+    study = tmp_path / "fashion_mnist_pools"
+    write_result(result_path(study, "dit+kcenter", 1), record("dit+kcenter", 1, 68.744, 0.1))
+    body = render("fashion_mnist", study)
+    assert "| IPC | random |" not in body  # the grid's columns belong to the grid's folder
+    assert body.splitlines()[:3] == [
+        "| IPC | dit+kcenter |",
+        "|---|---|",
+        "| 1 | 68.74 ± 0.10 |",
+    ]
+    assert "- dit+kcenter at IPC 1: Some CPU" in body
+
+
+@pytest.mark.parametrize(
+    "folder", sorted(p.name for p in (ROOT / "benchmarks" / "results").iterdir() if p.is_dir())
+)
+def test_the_readme_table_is_what_the_committed_result_files_render(folder: str) -> None:
     check = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "render_results.py"), "--check", "README.md"],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "render_results.py"),
+            "--results",
+            str(ROOT / "benchmarks" / "results" / folder),
+            "--check",
+            "README.md",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
