@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -219,10 +220,16 @@ def result_hash(config: Config, fingerprint: str) -> str:
 
 
 def _git_commit() -> str:
-    found = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    return found.stdout.strip() or "unknown"
+    """HEAD of the checkout; a copy without ``.git`` (a rented GPU machine, a container) says
+    which commit it was copied from in ``$MDD_GIT_COMMIT``."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+    except OSError:  # no git on the machine
+        found = None
+    commit = found.stdout.strip() if found is not None and found.returncode == 0 else ""
+    return commit or os.environ.get("MDD_GIT_COMMIT", "unknown")
 
 
 def _machine(info: dict[str, Any]) -> dict[str, Any]:
