@@ -44,12 +44,17 @@ def render(dataset: str, folder: Path | None = None) -> str:
     if not grid:
         return f"{render_plugins(records)}\n\n{sources}"
     table = render_table(records, PUBLISHED.get(dataset, {}))
-    notes = (
-        "Last-epoch test accuracy %, mean ± std over the networks of each cell (ConvNet-3, DC "
-        f"protocol); `full` trains on the whole training split (published: {WHOLE_SET[dataset]})."
-        if dataset in WHOLE_SET
-        else "Last-epoch test accuracy %, mean ± std over the networks of each cell."
-    )
+    notes = "Last-epoch test accuracy %, mean ± std over the networks of each cell"
+    if dataset in WHOLE_SET:
+        # `full` is trained for fewer epochs than the protocol's 1000; the files say how many.
+        epochs = sorted({r["epochs"] for r in records if r["column"] == "full"})
+        length = f" for {' / '.join(map(str, epochs))} epochs" if epochs else ""
+        notes += (
+            f" (ConvNet-3, DC protocol); `full` trains on the whole training split{length} "
+            f"(published: {WHOLE_SET[dataset]})."
+        )
+    else:
+        notes += "."
     plugins = render_plugins(records)
     return f"{table}\n\n{notes}\n\nPlug-in compositions (`mdd.methods`):\n\n{plugins}\n\n{sources}"
 

@@ -86,6 +86,20 @@ def test_a_study_folder_renders_its_plugin_table_and_sources_without_the_grid(
     assert "- dit+kcenter at IPC 1: Some CPU" in body
 
 
+def test_the_grid_note_says_how_many_epochs_full_was_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import render_results
+
+    monkeypatch.setattr(render_results, "RESULTS", tmp_path)  # the grid's folder, here
+    grid = tmp_path / "fashion_mnist"
+    write_result(result_path(grid, "dit", 10), record("dit", 10, 72.6, 0.2) | {"epochs": 1000})
+    assert "`full` trains on the whole training split (published" in render("fashion_mnist")
+    full = record("full", 10, 91.72, 0.22) | {"epochs": 20}
+    write_result(result_path(grid, "full", 10), full)
+    assert "whole training split for 20 epochs (published: about 93.5)" in render("fashion_mnist")
+
+
 @pytest.mark.parametrize(
     "folder", sorted(p.name for p in (ROOT / "benchmarks" / "results").iterdir() if p.is_dir())
 )
