@@ -280,3 +280,16 @@ def test_pool_diagnostics_read_a_cells_candidate_pool_and_kept_set_from_the_cach
     record = read_result(work / "results" / "dit+confidence-ipc2.json")
     kept = float(table["dit+confidence kept"]["frechet_features"])
     assert kept == pytest.approx(record["diagnostics"]["frechet_features"], abs=1e-3)
+
+
+def test_a_copy_without_git_takes_its_commit_from_the_environment(tmp_path, monkeypatch):
+    import quality_fmnist
+
+    monkeypatch.setattr(quality_fmnist, "ROOT", tmp_path)  # a copy with no .git above it
+    monkeypatch.setenv("MDD_GIT_COMMIT", "fe84fb14592948e91da3a93bcc84c74bd4b7dc9c")
+    assert quality_fmnist._git_commit() == "fe84fb14592948e91da3a93bcc84c74bd4b7dc9c"
+    monkeypatch.delenv("MDD_GIT_COMMIT")
+    assert quality_fmnist._git_commit() == "unknown"
+    monkeypatch.setattr(quality_fmnist, "ROOT", ROOT)  # a checkout: git wins over the variable
+    monkeypatch.setenv("MDD_GIT_COMMIT", "not this")
+    assert re.fullmatch(r"[0-9a-f]{40}", quality_fmnist._git_commit())
