@@ -12,6 +12,7 @@ ResNetAP-10, whose pooled 512-d features keep distances and covariances tractabl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,17 +113,18 @@ def load_judge(data: DatasetSplits, config: Config, device: torch.device) -> Jud
     return Judge(network.eval(), protocol, device)
 
 
-def train_features(judge: Judge, data: DatasetSplits, config: Config) -> torch.Tensor:
+def train_features(judge: Callable[[], Judge], data: DatasetSplits, config: Config) -> torch.Tensor:
     """The judge's features of the whole training split [n, d], float32: read from beside the
     judge's weights, or computed once and kept there. Herding and k-center over real images
     and real-herding read them at every selection, and on an ImageNet subset at 224 px they
-    are a pass of ResNetAP-10 over every training image."""
+    are a pass of ResNetAP-10 over every training image. ``judge`` gives the judge, called
+    only when the features are not kept yet (a hit reads no weights)."""
     images = data.train.images
     judge_file = judge_cache_path(config, data.fingerprint)
     size = "x".join(str(n) for n in images.shape)
     path = judge_file.with_name(f"{judge_file.stem}-train-{size}-features.safetensors")
     if path.is_file():
         return load_file(str(path))["features"]
-    features = judge.features(images)
+    features = judge().features(images)
     save_tensors_atomically({"features": features}, path)
     return features

@@ -25,7 +25,7 @@ from mdd.stages import surrogate_manifest
 
 
 def _features(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return train_features(load_judge(data, config, device), data, config)
+    return train_features(lambda: load_judge(data, config, device), data, config)
 
 
 def _random(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
@@ -78,7 +78,7 @@ def select_candidates(
         candidates.images,
         candidates.labels,
         data.train.labels,
-        lambda: train_features(judge, data, config),
+        lambda: train_features(lambda: judge, data, config),
     )
     index = pick(offered, config.sample.ipc)
     source = candidates.manifest["source_checkpoint"]
