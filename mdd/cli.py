@@ -132,6 +132,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from mdd.commands import judge_only
+    from mdd.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    judge_only(config, export=args.export)
+    return 0
+
+
 def _cmd_consistency(args: argparse.Namespace) -> int:
     from mdd.commands import measure_consistency
     from mdd.config import load_config
@@ -206,6 +215,11 @@ def _mdd_parser() -> argparse.ArgumentParser:
     _add_config_args(pretrain)
     pretrain.add_argument("--export", help="also copy the base model into this folder")
     pretrain.set_defaults(body=_cmd_pretrain)
+
+    judge = sub.add_parser("judge", help="train (or read) the dataset's judge, test it")
+    _add_config_args(judge)
+    judge.add_argument("--export", help="also copy its weights into this folder")
+    judge.set_defaults(body=_cmd_judge)
 
     consistency = sub.add_parser(
         "consistency", help="class consistency of the base model, judged by a ConvNet-3"

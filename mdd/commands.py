@@ -1,18 +1,25 @@
 """The commands around a run: ``mdd-run`` itself, ``mdd pretrain`` and ``mdd consistency``
-(the base model alone, outside a run)."""
+(the base model alone, outside a run), ``mdd judge`` (the dataset's judge alone)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from mdd.cache import claim
 from mdd.config import Config
 from mdd.core import Core
+from mdd.data.load import load_dataset
 from mdd.errors import MddError
+from mdd.eval.judge import judge_cache_path, load_judge
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import base_stage, format_plan, plan
+from mdd.runtime import pick_device
 from mdd.stages.consistency import class_consistency
 from mdd.tracking import RunHandle, Tracker, provenance_tags
 
@@ -77,6 +84,39 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
                 shutil.copy2(source, target / part)
         print(f"exported to {target}")
     return stage.folder
+
+
+def judge_only(config: Config, export: str | None = None) -> Path:
+    """``mdd judge``: the dataset's judge (cached, shipped or trained now) and its test
+    accuracy; ``export`` copies its weights into that folder with a JSON note beside them,
+    as ``mdd/assets/fashion_mnist_judge`` is made."""
+    data = load_dataset(config.data)
+    device = pick_device(config.device)
+    cache = judge_cache_path(config, data.fingerprint)
+    started = time.perf_counter()
+    judge = load_judge(data, config, device)
+    wall_s = time.perf_counter() - started
+    test_acc = 100.0 * float((judge.predict(data.test.images) == data.test.labels).double().mean())
+    print(f"judge: {cache} ({wall_s:.1f} s), test accuracy {test_acc:.2f} %")
+    if not export:
+        return cache
+    target = Path(export)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(cache, target / cache.name)
+    note = {
+        "file": cache.name,
+        "data_fingerprint": data.fingerprint,
+        "judge": config.judge.model_dump(mode="json"),
+        "protocol": dataclasses.asdict(judge.protocol),
+        "test_acc": test_acc,
+        "wall_s": wall_s,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "command": f"mdd judge CONFIG --export {export}",
+    }
+    (target / f"{cache.stem}.json").write_text(json.dumps(note, indent=2) + "\n")
+    print(f"exported to {target}")
+    return target / cache.name
 
 
 def measure_consistency(config: Config, per_class: int = 100) -> float:

@@ -16,9 +16,11 @@ independent runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,8 +30,10 @@ from torch import nn
 from mdd.errors import ConfigError, DataError
 from mdd.eval.augment import Draws, cutmix, dsa_augment, idc_augment
 from mdd.eval.ensemble import Ensemble
+from mdd.eval.levers import Precision, resolve_levers
 from mdd.eval.networks import create_network
 from mdd.eval.protocols import Protocol, lr_milestones
+from mdd.eval.workers import train_in_processes
 from mdd.progress import progress_bar
 from mdd.runtime import seed_everything
 
@@ -57,6 +61,7 @@ class RepeatedResult:
     per_class_acc_mean: list[float]
     confusion: list[list[int]]  # summed over the repeats
     runs: list[EvalResult] = field(default_factory=list)
+    levers: dict[str, str | int] = field(default_factory=dict)  # how it was computed
 
 
 def _check_set(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str) -> None:
@@ -183,6 +188,18 @@ def _confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> t
     return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+def _compiled_forward(nets: list[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One network compiled, in channels-last layout (oneDNN's preferred for convolutions).
+
+    ``dynamic=False``: a set whose size is not a multiple of the batch has two batch sizes,
+    and two static graphs run faster than one with a symbolic batch dimension."""
+    if len(nets) != 1:
+        raise ConfigError("a compiled evaluation trains one network at a time")
+    net = nets[0].to(memory_format=torch.channels_last)
+    graph = torch.compile(net, dynamic=False)
+    return lambda x: graph(x.contiguous(memory_format=torch.channels_last))
+
+
 RepeatEvaluate = Callable[[int, nn.Module], float]  # (repeat, net) -> acc %
 RepeatCallback = Callable[[int, int, dict[str, float]], None]  # (repeat, epoch, metrics)
 
@@ -202,12 +219,16 @@ def train_group(
     progress: bool,
     snapshot: Callable[[int, list[nn.Module]], None] | None = None,
     snapshot_epochs: Collection[int] = (),
+    bf16: bool = False,
+    compiled: bool = False,
 ) -> tuple[list[nn.Module], list[list[tuple[int, float, float]]]]:
     """Train one fresh network per seed, all in one batched computation (an ``Ensemble``).
 
     Network r is initialised, shuffled and augmented from ``seeds[r]`` alone, exactly as a
     lone run with that seed: its weights from the global RNG seeded with it, its data
-    order and augmentation from a generator seeded with it.
+    order and augmentation from a generator seeded with it. ``bf16`` runs the forward pass
+    under bf16 autocast; ``compiled`` (one seed only) trains a ``torch.compile``d copy of
+    the graph in channels-last layout (``mdd/eval/levers.py`` says when either pays).
     """
     nets = []
     for seed in seeds:
@@ -215,7 +236,9 @@ def train_group(
         _, channels, height, _ = train_images.shape
         nets.append(create_network(network, num_classes, channels, height, norm).to(device))
     draws = Draws([torch.Generator().manual_seed(seed) for seed in seeds])
+    graph = _compiled_forward(nets) if compiled else None  # before the optimiser takes them
     ensemble = Ensemble(nets)
+    forward = graph or ensemble
     optimizer = torch.optim.SGD(
         ensemble.params,
         lr=protocol.lr,
@@ -242,7 +265,8 @@ def train_group(
         for start in range(0, n, batch_size):
             index = orders[:, start : start + batch_size]  # [R, b]: each network's own batch
             x, y = images[index].flatten(0, 1), labels[index].flatten()
-            losses = batch_losses(ensemble, x, y, protocol, normalise, draws)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = batch_losses(forward, x, y, protocol, normalise, draws)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # the networks share no weight: each gets its own gradient
             optimizer.step()
@@ -339,6 +363,87 @@ def batched_on(device: torch.device, batch_repeats: bool | str) -> bool:
     return bool(batch_repeats)
 
 
+@dataclass(frozen=True)
+class RepeatJob:
+    """What every repeat of one evaluation shares; picklable, for worker processes."""
+
+    network: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor  # int64, CPU
+    protocol: Protocol
+    num_classes: int
+    device: torch.device
+    norm: str
+    bf16: bool = False
+    compiled: bool = False
+
+    @property
+    def steps(self) -> int:
+        """Training steps of one network."""
+        n = len(self.train_labels)
+        return self.protocol.epochs * math.ceil(n / min(self.protocol.batch_size, n))
+
+
+@dataclass
+class Outcome:
+    """One repeat's record: its last test predictions, history and wall time."""
+
+    preds: torch.Tensor
+    history: list[tuple[int, float, float]]
+    wall_s: float
+
+
+def train_and_test(job: RepeatJob, seeds: list[int], on_epoch: RepeatCallback | None,
+                   progress: bool = False) -> list[Outcome]:  # fmt: skip
+    """Train the networks of ``seeds`` as one group and test them as the protocol says."""
+    start = time.perf_counter()
+    last_preds = [torch.empty(0, dtype=torch.long) for _ in seeds]
+
+    def evaluate(r: int, net: nn.Module) -> float:
+        last_preds[r] = predict(net, job.test_images, job.protocol, job.device)
+        return 100.0 * int((last_preds[r] == job.test_labels).sum()) / len(job.test_labels)
+
+    _, histories = train_group(
+        job.network,
+        job.train_images,
+        job.train_labels,
+        protocol=job.protocol,
+        num_classes=job.num_classes,
+        seeds=seeds,
+        device=job.device,
+        norm=job.norm,
+        evaluate=evaluate,
+        on_epoch=on_epoch,
+        progress=progress,
+        bf16=job.bf16,
+        compiled=job.compiled,
+    )
+    wall_s = (time.perf_counter() - start) / len(seeds)  # a batched run's share
+    return [Outcome(p, h, wall_s) for p, h in zip(last_preds, histories, strict=True)]
+
+
+def _in_this_process(
+    job: RepeatJob,
+    seeds: list[int],
+    batched: bool,
+    on_epoch: RepeatCallback | None,
+    progress: bool,
+) -> list[Outcome]:
+    groups = [seeds] if batched else [[s] for s in seeds]
+    outcomes: list[Outcome] = []
+    for group in groups:
+        offset = len(outcomes)
+
+        def callback(r: int, epoch: int, metrics: dict[str, float], offset: int = offset) -> None:
+            if on_epoch is not None:
+                on_epoch(offset + r, epoch, metrics)
+
+        outcomes += train_and_test(job, group, callback, progress)
+    return outcomes
+
+
 def evaluate_repeats(
     network: str,
     train_images: torch.Tensor,
@@ -353,17 +458,22 @@ def evaluate_repeats(
     device: torch.device | str,
     norm: str = "instance",
     batch_repeats: bool | str = "auto",
+    precision: Precision = "fp32",
+    compile: Literal["auto"] | bool = False,
+    workers: Literal["auto"] | int = 1,
     on_epoch: RepeatCallback | None = None,
     progress: bool = False,
 ) -> RepeatedResult:
     """``repeats`` fresh networks with seeds ``seed .. seed + repeats - 1``.
 
     ``batch_repeats`` trains them as one batched computation (``True``), one after the
-    other (``False``), or picks by device (``"auto"``, see ``batched_on``); the results
-    are those of independent runs either way. The test runs every ``protocol.eval_every``
-    epochs and after the last; ``on_epoch(repeat, epoch, metrics)`` runs after every epoch
-    (1-based) of each repeat (0-based) with ``train_loss``, ``lr`` and, when tested,
-    ``acc``; an exception it raises (a pruner's) propagates.
+    other (``False``), or picks by device (``"auto"``, see ``batched_on``); ``workers``
+    trains them in that many worker processes (CPU); ``precision`` and ``compile`` say how
+    each network computes (``mdd.eval.levers.resolve_levers`` decides each ``auto``). The
+    results are those of independent runs either way. The test runs every
+    ``protocol.eval_every`` epochs and after the last; ``on_epoch(repeat, epoch, metrics)``
+    runs after every epoch (1-based) of each repeat (0-based) with ``train_loss``, ``lr``
+    and, when tested, ``acc``; an exception it raises (a pruner's) propagates.
     """
     if repeats < 1:
         raise ConfigError(f"eval.repeats: {repeats}. Hint: use at least 1.")
@@ -375,53 +485,37 @@ def evaluate_repeats(
             f"training images are {list(train_images.shape[1:])} but test images are "
             f"{list(test_images.shape[1:])}. Hint: resize the surrogate set to the test size."
         )
-    test_labels = test_labels.long().cpu()
+    job = RepeatJob(
+        network, train_images, train_labels, test_images, test_labels.long().cpu(),
+        protocol, num_classes, device, norm,
+    )  # fmt: skip
+    batched = batched_on(device, batch_repeats) and repeats > 1
+    levers = resolve_levers(
+        precision=precision, compile=compile, workers=workers, device=device,
+        repeats=repeats, steps=job.steps, batched=batched,
+    )  # fmt: skip
+    job = dataclasses.replace(job, bf16=levers.bf16, compiled=levers.compiled)
     seeds = [seed + r for r in range(repeats)]
-    groups = [seeds] if batched_on(device, batch_repeats) else [[s] for s in seeds]
+    if levers.processes > 1:
+        outcomes = train_in_processes(job, seeds, levers.processes, levers.threads, on_epoch)
+    else:
+        outcomes = _in_this_process(job, seeds, batched, on_epoch, progress)
     runs: list[EvalResult] = []
-    for group in groups:
-        start = time.perf_counter()
-        last_preds = [torch.empty(0, dtype=torch.long) for _ in group]
-
-        def evaluate(r: int, net: nn.Module, last_preds: list[torch.Tensor] = last_preds) -> float:
-            last_preds[r] = predict(net, test_images, protocol, device)
-            return 100.0 * int((last_preds[r] == test_labels).sum()) / len(test_labels)
-
-        offset = len(runs)
-
-        def callback(r: int, epoch: int, metrics: dict[str, float], offset: int = offset) -> None:
-            if on_epoch is not None:
-                on_epoch(offset + r, epoch, metrics)
-
-        _, histories = train_group(
-            network,
-            train_images,
-            train_labels,
-            protocol=protocol,
-            num_classes=num_classes,
-            seeds=group,
-            device=device,
-            norm=norm,
-            evaluate=evaluate,
-            on_epoch=callback,
-            progress=progress,
-        )
-        wall_s = (time.perf_counter() - start) / len(group)  # a batched run's share
-        for preds, history in zip(last_preds, histories, strict=True):
-            confusion = _confusion(test_labels, preds, num_classes)
-            per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
-            best = max(history, key=lambda entry: entry[2])  # the earliest of equal bests
-            runs.append(
-                EvalResult(
-                    last_acc=history[-1][2],
-                    best_acc=best[2],
-                    best_epoch=best[0],
-                    history=history,
-                    per_class_acc=per_class.double().tolist(),
-                    confusion=confusion.tolist(),
-                    wall_s=wall_s,
-                )
+    for outcome in outcomes:
+        confusion = _confusion(job.test_labels, outcome.preds, num_classes)
+        per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
+        best = max(outcome.history, key=lambda entry: entry[2])  # the earliest of equal bests
+        runs.append(
+            EvalResult(
+                last_acc=outcome.history[-1][2],
+                best_acc=best[2],
+                best_epoch=best[0],
+                history=outcome.history,
+                per_class_acc=per_class.double().tolist(),
+                confusion=confusion.tolist(),
+                wall_s=outcome.wall_s,
             )
+        )
     last = np.array([run.last_acc for run in runs])
     best = np.array([run.best_acc for run in runs])
     return RepeatedResult(
@@ -433,4 +527,5 @@ def evaluate_repeats(
         per_class_acc_mean=np.mean([run.per_class_acc for run in runs], axis=0).tolist(),
         confusion=np.sum([run.confusion for run in runs], axis=0).tolist(),
         runs=runs,
+        levers=levers.describe(),
     )

@@ -110,6 +110,9 @@ def evaluate_surrogate(
             device=device,
             norm=config.eval.norm,
             batch_repeats=config.eval.batch_repeats,
+            precision=config.eval.precision,
+            compile=config.eval.compile,
+            workers=config.eval.workers,
             on_epoch=on_epoch,
             progress=True,
         )
@@ -136,6 +139,7 @@ def evaluate_surrogate(
             for network, result in results.items()
         },
         "confusion": {network: result.confusion for network, result in results.items()},
+        "levers": {network: result.levers for network, result in results.items()},
         "runs": {
             network: [
                 {"last_acc": run.last_acc, "best_acc": run.best_acc, "best_epoch": run.best_epoch}
