@@ -50,6 +50,7 @@ from mdd.diffusion.backbone import create_backbone
 from mdd.diffusion.base import BaseModel, Trainable, prepare_trainable
 from mdd.diffusion.sampling import make_labels
 from mdd.errors import MddError
+from mdd.eval.levers import cpu_flags
 from mdd.minimax import LoopMinimaxCriteria, MinimaxCriteria
 from mdd.runtime import pick_device, seed_everything
 from mdd.stages.finetune import finetune
@@ -70,6 +71,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "sampling_batched_over_one_at_a_time": (">=", 10.0),
     "sweep_fresh_processes_over_shared_core": (">=", 2.0),
     **{f"eval_reference_over_mdd_{n}": (">=", c.target) for n, c in eval_speed.CASES.items()},
+    **{
+        f"eval_a88e2ab_over_mdd_{n}": (">=", c.levers_target)
+        for n, c in eval_speed.CASES.items()
+        if c.levers_target is not None
+    },
 }
 RATIO_LABELS = {
     "finetune_with_over_without_criteria": "1. fine-tune step time, with / without criteria",
@@ -80,6 +86,10 @@ RATIO_LABELS = {
     "sweep_fresh_processes_over_shared_core": "5. sweep wall time, fresh processes / shared",
     **{
         f"eval_reference_over_mdd_{name}": f"6. evaluation, reference / mdd, {name}"
+        for name in eval_speed.CASES
+    },
+    **{
+        f"eval_a88e2ab_over_mdd_{name}": f"6. evaluation, a88e2ab / mdd (levers), {name}"
         for name in eval_speed.CASES
     },
 }
@@ -141,6 +151,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
     )
     return {
         "cpu_model": cpu_model,
+        "cpu_flags": cpu_flags(),  # the extensions the levers of mdd/eval/levers.py read
         "logical_cores": os.cpu_count(),
         "usable_cores": len(usable),
         "torch_threads": torch.get_num_threads(),
@@ -416,6 +427,7 @@ def run_all(
         ratios["sweep_fresh_processes_over_shared_core"] = sweep_results["ratio"]
     for name, result in (eval_results or {}).items():
         ratios[f"eval_reference_over_mdd_{name}"] = result["ratio_projected"]
+        ratios[f"eval_a88e2ab_over_mdd_{name}"] = result["ratio_levers_projected"]
     settings = {
         "mode": mode,
         "experiment": str(EXPERIMENT.relative_to(EXPERIMENT.parents[1])),

@@ -137,7 +137,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from mdd.config import load_config
 
     config = load_config(args.config, args.overrides)
-    judge_only(config, export=args.export)
+    judge_only(config, export=args.export, config_path=args.config)
     return 0
 
 

@@ -86,7 +86,7 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
     return stage.folder
 
 
-def judge_only(config: Config, export: str | None = None) -> Path:
+def judge_only(config: Config, export: str | None = None, config_path: str = "CONFIG") -> Path:
     """``mdd judge``: the dataset's judge (cached, shipped or trained now) and its test
     accuracy; ``export`` copies its weights into that folder with a JSON note beside them,
     as ``mdd/assets/fashion_mnist_judge`` is made."""
@@ -112,7 +112,7 @@ def judge_only(config: Config, export: str | None = None) -> Path:
         "wall_s": wall_s,
         "device": str(device),
         "torch_version": torch.__version__,
-        "command": f"mdd judge CONFIG --export {export}",
+        "command": f"mdd judge {config_path} --export {export}",
     }
     (target / f"{cache.stem}.json").write_text(json.dumps(note, indent=2) + "\n")
     print(f"exported to {target}")

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Install what mdd's demo and tests use from the system, when this is a Debian
-# machine we may install on: the Fashion-MNIST package, a PostgreSQL server, and
+# machine we may install on. `system-deps.sh demo` (make demo): the Fashion-MNIST package
+# only. `system-deps.sh test` (make test, the default): also a PostgreSQL server,
 # headless Chromium with its WebDriver (the MLflow UI test drives them), and SLURM
 # with munge (a one-node cluster for the job-array test).
 # Nothing here is required: without it mdd downloads Fashion-MNIST with
 # torchvision, and the PostgreSQL and browser tests skip with a message saying why.
 set -u
+mode=${1:-test}
+case "$mode" in demo|test) ;; *) echo "usage: $0 [demo|test]" >&2; exit 2 ;; esac
 have_apt() { command -v apt-get >/dev/null 2>&1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"; else return 1; fi; }
 
 missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
-command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm munge)
+if [ "$mode" = test ]; then
+  command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm munge)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if have_apt; then
     echo "installing ${missing[*]} with apt-get"
@@ -25,6 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "no apt-get: Fashion-MNIST will be downloaded by torchvision; PostgreSQL, browser and SLURM tests will skip"
   fi
 fi
+[ "$mode" = demo ] && exit 0
 # The distributed-sweep tests need a running PostgreSQL server on loopback and a role
 # they may create databases with (tests/test_distributed.py reads these names).
 if command -v pg_lsclusters >/dev/null 2>&1; then

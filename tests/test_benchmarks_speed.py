@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mdd.eval.levers import can_compile
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 RATIOS = {
     "finetune_with_over_without_criteria",
@@ -24,6 +26,7 @@ RATIOS = {
     "sampling_batched_over_one_at_a_time",
     "sweep_fresh_processes_over_shared_core",
     "eval_reference_over_mdd_dc-ipc10",
+    "eval_a88e2ab_over_mdd_dc-ipc10",
 }
 
 
@@ -79,6 +82,10 @@ def test_ratios_are_computed_from_the_reported_absolute_numbers(quick_run):
         evaluation["arms"]["reference"]["projected_full_s"]
         / evaluation["arms"]["mdd"]["projected_full_s"]
     )
+    assert ratios["eval_a88e2ab_over_mdd_dc-ipc10"] == pytest.approx(
+        evaluation["arms"]["a88e2ab"]["projected_full_s"]
+        / evaluation["arms"]["mdd"]["projected_full_s"]
+    )
 
 
 def test_evaluation_arms_differ_in_allocator_and_test_schedule_only(quick_run):
@@ -90,6 +97,15 @@ def test_evaluation_arms_differ_in_allocator_and_test_schedule_only(quick_run):
     assert arms["reference"]["epochs"] == arms["mdd"]["epochs"]
     assert arms["reference"]["full_epochs"] == arms["mdd"]["full_epochs"] == 1000
     assert not arms["reference"]["batched"] and not arms["mdd"]["batched"]  # a CPU: apart
+    # The a88e2ab arm is mdd with every lever off; mdd's arm takes what auto picks for the
+    # full protocol (1000 epochs: long enough to compile), whatever the shortened length.
+    off = {"precision": "fp32", "compiled": 0, "processes": 1}
+    assert {k: arms["a88e2ab"]["levers"][k] for k in off} == off
+    assert arms["a88e2ab"]["allocator"] == "mdd" and arms["a88e2ab"]["full_tests"] == 1
+    assert arms["mdd"]["levers"]["compiled"] == int(can_compile())
+    for arm in arms.values():  # two lengths give the start and the per-epoch time
+        assert arm["short_run"]["epochs"] * 2 == arm["epochs"]
+        assert arm["projected_full_s"] >= arm["per_epoch_s"] * 1000
 
 
 def test_sweep_arms_run_the_same_trials_and_the_shared_one_loads_once(quick_run):

@@ -10,8 +10,9 @@ follows a measurement of ``benchmarks/`` (``eval_variants.py``, benchmark 7, and
   AMD EPYC Zen 5), compiled the norm, ReLU and pooling are fused and the step runs 1.8x
   faster. On CUDA ``auto`` keeps fp32 (the GPU's evaluation numbers were measured so).
 - ``torch.compile`` costs 10-30 s per network and process (less from inductor's on-disk
-  cache), so ``auto`` compiles on a CPU only when a network trains at least
-  ``COMPILE_MIN_STEPS`` steps; the compiled network runs in channels-last layout.
+  cache) and a C++ compiler, so ``auto`` compiles on a CPU that has one, and only when a
+  network trains at least ``COMPILE_MIN_STEPS`` steps; the compiled network runs in
+  channels-last layout.
 - Worker processes with one thread each beat one process with all threads by about 1.1x
   on 2 cores (less synchronisation per operator); each costs a few seconds to start, so
   ``auto`` starts one per repeat, at most two per core, on a CPU with at least two cores
@@ -22,6 +23,7 @@ follows a measurement of ``benchmarks/`` (``eval_variants.py``, benchmark 7, and
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +53,11 @@ def cpu_flags() -> list[str]:
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
     return [flag for flag in wanted if flag in flags]
+
+
+def can_compile() -> bool:
+    """Whether inductor can build CPU kernels here: it needs a C++ compiler."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ def resolve_levers(
     if isinstance(compile, bool):
         compiled = compile
     else:
-        compiled = cpu and not batched and steps >= COMPILE_MIN_STEPS
+        compiled = cpu and not batched and steps >= COMPILE_MIN_STEPS and can_compile()
     # Eager bf16 gained 1.08x where compiled bf16 gained 1.8x: auto takes it compiled only.
     bf16 = precision == "bf16" or (precision == "auto" and compiled and cpu_has_fast_bf16())
     cores = torch.get_num_threads()

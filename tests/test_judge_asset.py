@@ -1,0 +1,66 @@
+"""The judge is shipped like the base: a fresh clone reads it instead of training it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mdd.eval.judge as judge_module
+from mdd.commands import judge_only
+from mdd.config import Config, load_config
+from mdd.data.load import load_dataset
+from mdd.eval.judge import judge_cache_path, load_judge, shipped_judge
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_an_exported_judge_is_read_on_a_cache_miss_without_training(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "shipped"
+    exported = judge_only(tiny_config, export=str(shipped))
+    data = load_dataset(tiny_config.data)
+    note = json.loads(exported.with_suffix(".json").read_text())
+    assert note["file"] == exported.name and note["data_fingerprint"] == data.fingerprint
+    assert 0 <= note["test_acc"] <= 100
+    judge_cache_path(tiny_config, data.fingerprint).unlink()  # a fresh clone's empty cache
+    monkeypatch.setattr(judge_module, "SHIPPED_JUDGES", shipped)
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the judge was trained although a shipped one matches")
+
+    monkeypatch.setattr(judge_module, "train_network", no_training)
+    judge = load_judge(data, tiny_config, torch.device("cpu"))
+    expected = load_file(str(exported))
+    for name, tensor in judge.network.state_dict().items():
+        assert torch.equal(tensor, expected[name])
+
+
+def test_a_judge_of_other_settings_is_not_taken_from_the_shipped_folder(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "shipped"
+    judge_only(tiny_config, export=str(shipped))
+    monkeypatch.setattr(judge_module, "SHIPPED_JUDGES", shipped)
+    fingerprint = load_dataset(tiny_config.data).fingerprint
+    assert shipped_judge(tiny_config, fingerprint) is not None
+    longer = tiny_config.model_copy(
+        update={"judge": tiny_config.judge.model_copy(update={"epochs": 3})}
+    )
+    assert shipped_judge(longer, fingerprint) is None  # 3 epochs: another judge
+    assert shipped_judge(tiny_config, "0123456789abcdef") is None  # other data
+
+
+@pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"{REAL_DIR} not installed")
+def test_the_demo_reads_the_shipped_fashion_mnist_judge() -> None:
+    config = load_config(str(ROOT / "experiments" / "fashion_mnist.yaml"))
+    fingerprint = load_dataset(config.data).fingerprint
+    path = shipped_judge(config, fingerprint)
+    assert path is not None, "the shipped judge does not match the demo's data or settings"
+    note = json.loads(path.with_suffix(".json").read_text())
+    assert note["data_fingerprint"] == fingerprint
