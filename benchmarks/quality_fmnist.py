@@ -240,6 +240,7 @@ def _machine(info: dict[str, Any]) -> dict[str, Any]:
         "gpu": gpu,
         "torch": info["torch_version"],
         "torch_threads": info["torch_threads"],
+        "cpu_flags": info["cpu_flags"],
     }
 
 
@@ -248,7 +249,8 @@ def cell_record(
 ) -> dict[str, Any]:
     """The result file's content: what ran, what came out, what it cost, and where."""
     stages = {stage.name: stage for stage in stage_plan(config, core.data.fingerprint)}
-    runs = json.loads((stages["evaluate"].folder / "results.json").read_text())["runs"][NETWORK]
+    evaluated = json.loads((stages["evaluate"].folder / "results.json").read_text())
+    runs = evaluated["runs"][NETWORK]
     metrics = result.metrics
     return {
         "column": cell.column,
@@ -276,6 +278,9 @@ def cell_record(
         },
         "distill_wall_s": metrics["distill_wall_s"],
         "eval_wall_s": result.stages["evaluate"]["wall_s"],
+        # precision, compilation and processes as the evaluation resolved them (issue 29);
+        # absent from files made before they existed (fp32, eager, one process).
+        "eval_levers": evaluated.get("levers", {}).get(NETWORK),
         "machine": _machine(hardware(core.device)),
         "git_commit": _git_commit(),
         "config_hash": result_hash(config, core.data.fingerprint),
