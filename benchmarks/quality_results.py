@@ -55,14 +55,16 @@ def render_table(records: list[dict[str, Any]], published: dict[int, str]) -> st
     return "\n".join(lines)
 
 
-def render_plugins(records: list[dict[str, Any]]) -> str:
+def render_plugins(records: list[dict[str, Any]], grid_columns: bool = False) -> str:
     """Rows IPC, columns the plug-in compositions (the grid's, then any other measured), with
-    each cell's intra-class cosine (judge features) beside its accuracy."""
-    plugins = [r for r in records if r["column"] not in COLUMNS]
+    each cell's intra-class cosine (judge features) beside its accuracy; ``grid_columns``
+    keeps the grid's columns too (a study folder of one setting holds any column)."""
+    plugins = [r for r in records if grid_columns or r["column"] not in COLUMNS]
     if not plugins:
         return "No plug-in composition has a result file yet."
     measured = {r["column"] for r in plugins}
-    columns = [c for c in PLUGINS if c in measured] + sorted(measured - set(PLUGINS))
+    known = [*COLUMNS, *PLUGINS]
+    columns = [c for c in known if c in measured] + sorted(measured - set(known))
     by_cell = {(r["column"], r["ipc"]): r for r in plugins}
     lines = ["| IPC | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for ipc in sorted({r["ipc"] for r in plugins}):
@@ -88,9 +90,20 @@ def render_sources(records: list[dict[str, Any]]) -> str:
             f"- {r['column']} at IPC {r['ipc']}{_settings(r)}: {machine['cpu']} "
             f"({machine['cores']} cores{gpu}), torch {machine['torch']}, commit "
             f"{r['git_commit'][:7]}, distillation {r['distill_wall_s']:.0f} s, evaluation "
-            f"{r['eval_wall_s']:.0f} s."
+            f"{r['eval_wall_s']:.0f} s{_levers(r)}."
         )
     return "\n".join(lines)
+
+
+def _levers(record: dict[str, Any]) -> str:
+    """How the evaluation computed (files from before the levers have none: fp32, eager)."""
+    levers = record.get("eval_levers")
+    if not levers:
+        return ""
+    compiled = "compiled" if levers["compiled"] else "eager"
+    processes = levers["processes"]
+    where = f"{processes} worker processes" if processes > 1 else "one process"
+    return f" ({levers['precision']}, {compiled}, {where})"
 
 
 def _settings(record: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ def render(dataset: str, folder: Path | None = None) -> str:
     records = load_results(folder or RESULTS / dataset)
     sources = render_sources(records) or "- no cell has a result file yet."
     if not grid:
-        return f"{render_plugins(records)}\n\n{sources}"
+        return f"{render_plugins(records, grid_columns=True)}\n\n{sources}"
     table = render_table(records, PUBLISHED.get(dataset, {}))
     notes = "Last-epoch test accuracy %, mean ± std over the networks of each cell"
     if dataset in WHOLE_SET:

@@ -266,12 +266,12 @@ class EvalConfig(Section):
     # time, to float tolerance). auto: on CUDA only; on a CPU it measured slower.
     batch_repeats: Literal["auto"] | bool = "auto"
     # How each network computes (mdd/eval/levers.py; benchmarks/README.md, benchmark 7):
-    # auto compiles on a CPU when a network trains 500 steps or more, and adds bf16 there
-    # when the CPU has AVX512-BF16 or AMX; fp32 and eager otherwise (and on CUDA).
+    # auto compiles in bf16 on a CPU with AVX512-BF16 or AMX when a network trains 500 steps
+    # or more; fp32 and eager otherwise (and on CUDA).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto"] | bool = "auto"
     # Worker processes training the repeats side by side on a CPU, the threads shared out.
-    # auto: one per repeat, at most two per core, with two cores or more and 500 steps or more.
+    # auto: one per repeat, at most two per core, with two cores or more, where auto compiles.
     workers: Literal["auto"] | int = Field("auto", union_mode="left_to_right")
 
 

@@ -31,14 +31,19 @@ def two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("fast_bf16", [True, False])
-def test_a_long_cpu_run_compiles_spreads_its_repeats_and_takes_bf16_where_the_cpu_has_it(
+def test_a_long_cpu_run_compiles_in_bf16_and_spreads_its_repeats_where_the_cpu_has_bf16(
     two_threads: None, monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
 ) -> None:
     monkeypatch.setattr(levers, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(levers, "can_compile", lambda: True)
     chosen = _auto()
-    assert chosen.compiled and chosen.bf16 == fast_bf16
-    assert (chosen.processes, chosen.threads) == (3, 1)  # 3 repeats, up to 2 per core
-    assert _auto(repeats=7).processes == 4
+    # Without bf16 the compiled fp32 evaluation was not faster: auto keeps the old path.
+    assert chosen.compiled == chosen.bf16 == fast_bf16
+    if fast_bf16:
+        assert (chosen.processes, chosen.threads) == (3, 1)  # 3 repeats, up to 2 per core
+        assert _auto(repeats=7).processes == 4
+    else:
+        assert (chosen.processes, chosen.threads) == (1, 2)
 
 
 def test_a_short_run_stays_eager_fp32_and_in_this_process(
@@ -55,6 +60,8 @@ def test_cuda_keeps_fp32_eager_and_one_process(two_threads: None) -> None:
 
 
 def test_one_core_or_one_repeat_trains_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(levers, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(levers, "can_compile", lambda: True)
     monkeypatch.setattr(levers.torch, "get_num_threads", lambda: 1)
     assert _auto().processes == 1
     monkeypatch.setattr(levers.torch, "get_num_threads", lambda: 2)

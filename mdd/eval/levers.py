@@ -12,11 +12,12 @@ follows a measurement of ``benchmarks/`` (``eval_variants.py``, benchmark 7, and
 - ``torch.compile`` costs 10-30 s per network and process (less from inductor's on-disk
   cache) and a C++ compiler, so ``auto`` compiles on a CPU that has one, and only when a
   network trains at least ``COMPILE_MIN_STEPS`` steps; the compiled network runs in
-  channels-last layout.
+  channels-last layout. ``auto`` compiles only with bf16: a whole DC evaluation compiled in
+  fp32 (with worker processes) was not faster than eager fp32 in one process.
 - Worker processes with one thread each beat one process with all threads by about 1.1x
   on 2 cores (less synchronisation per operator); each costs a few seconds to start, so
   ``auto`` starts one per repeat, at most two per core, on a CPU with at least two cores
-  (torch threads) when a network trains at least ``COMPILE_MIN_STEPS`` steps. A script
+  (torch threads), with the compiled bf16 path (the combination measured whole). A script
   that evaluates with them needs the ``if __name__ == "__main__":`` guard of spawned
   processes.
 """
@@ -105,13 +106,16 @@ def resolve_levers(
     if isinstance(compile, bool):
         compiled = compile
     else:
-        compiled = cpu and not batched and steps >= COMPILE_MIN_STEPS and can_compile()
+        # Only where bf16 comes with it: the whole DC evaluation compiled in fp32 with worker
+        # processes took 666 s against 396 s in bf16 (random real IPC 10, AMD EPYC Zen 5).
+        long = steps >= COMPILE_MIN_STEPS
+        compiled = cpu and not batched and long and can_compile() and cpu_has_fast_bf16()
     # Eager bf16 gained 1.08x where compiled bf16 gained 1.8x: auto takes it compiled only.
     bf16 = precision == "bf16" or (precision == "auto" and compiled and cpu_has_fast_bf16())
     cores = torch.get_num_threads()
     if workers == "auto":
-        long = steps >= COMPILE_MIN_STEPS
-        processes = min(repeats, 2 * cores) if cpu and cores >= 2 and long and not batched else 1
+        # With the compiled bf16 path, the one measured whole (above).
+        processes = min(repeats, 2 * cores) if compiled and cores >= 2 else 1
     else:
         processes = min(workers, repeats)
     if processes > 1 and not cpu:

@@ -265,7 +265,7 @@ def train_group(
         for start in range(0, n, batch_size):
             index = orders[:, start : start + batch_size]  # [R, b]: each network's own batch
             x, y = images[index].flatten(0, 1), labels[index].flatten()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 losses = batch_losses(forward, x, y, protocol, normalise, draws)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # the networks share no weight: each gets its own gradient
