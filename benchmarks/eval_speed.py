@@ -47,7 +47,7 @@ from mdd.config import TrackingConfig
 from mdd.eval.levers import Levers, resolve_levers
 from mdd.eval.networks import create_network
 from mdd.eval.protocols import resolve_protocol
-from mdd.eval.train import batched_on, evaluate_repeats, predict
+from mdd.eval.train import batched_on, evaluate_repeats, predict, training_steps
 from mdd.tracking import Tracker
 
 
@@ -89,9 +89,7 @@ def _images(count: int, case: Case, seed: int) -> torch.Tensor:
 
 def arm_levers(arm: str, case: Case, device: torch.device) -> Levers:
     """The levers of ``arm``: off for the references, as ``auto`` picks for the full run."""
-    full = resolve_protocol(case.protocol, case.ipc)
-    n = case.ipc * CLASSES
-    steps = full.epochs * -(-n // min(full.batch_size, n))
+    steps = training_steps(resolve_protocol(case.protocol, case.ipc), case.ipc * CLASSES)
     on = arm == "mdd"
     batched = batched_on(device, "auto" if arm != "reference" else False)
     return resolve_levers(

@@ -43,8 +43,7 @@ def cpu_has_fast_bf16() -> bool:
     found = [getattr(torch.cpu, name, None) for name in probes]
     if all(probe is not None for probe in found):
         return any(probe() for probe in found)
-    cpuinfo = Path("/proc/cpuinfo")  # older torch: read the flags
-    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
+    flags = cpu_flags()  # older torch: read the flags
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

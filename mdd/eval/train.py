@@ -382,8 +382,12 @@ class RepeatJob:
     @property
     def steps(self) -> int:
         """Training steps of one network."""
-        n = len(self.train_labels)
-        return self.protocol.epochs * math.ceil(n / min(self.protocol.batch_size, n))
+        return training_steps(self.protocol, len(self.train_labels))
+
+
+def training_steps(protocol: Protocol, images: int) -> int:
+    """Optimiser steps one network takes on a set of ``images`` under ``protocol``."""
+    return protocol.epochs * math.ceil(images / min(protocol.batch_size, images))
 
 
 @dataclass
@@ -395,8 +399,9 @@ class Outcome:
     wall_s: float
 
 
-def train_and_test(job: RepeatJob, seeds: list[int], on_epoch: RepeatCallback | None,
-                   progress: bool = False) -> list[Outcome]:  # fmt: skip
+def train_and_test(
+    job: RepeatJob, seeds: list[int], on_epoch: RepeatCallback | None, progress: bool = False
+) -> list[Outcome]:
     """Train the networks of ``seeds`` as one group and test them as the protocol says."""
     start = time.perf_counter()
     last_preds = [torch.empty(0, dtype=torch.long) for _ in seeds]
