@@ -6,6 +6,8 @@ its cached latents again for each would cost more than some trials' fine-tuning.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -36,13 +38,34 @@ class LoadedBase:
     latents: LatentSet
 
 
+def prepare_variant(
+    model: BaseModel, latents: LatentSet, difffit: bool, compile_model: bool
+) -> LoadedBase:
+    """What one fine-tuning setting trains of ``model``, on a copy: ``model`` stays as loaded.
+
+    DiffFit adds its gammas and freezes parameters, and compiling wraps the forward, both in
+    place; on a copy, a later setting (a sweep trial without DiffFit) starts from the base as
+    it was loaded, not from what an earlier trial's setting left in it.
+    """
+    transformer = copy.deepcopy(model.transformer)
+    variant = dataclasses.replace(model, transformer=transformer)
+    trainable = prepare_trainable(variant, difffit)
+    if compile_model:
+        transformer.compile()  # in place: parameter names (DiffFit's) stay the same
+    return LoadedBase(variant, trainable, latents)
+
+
 @dataclass
 class Core:
     config: Config
     device: torch.device
     data: DatasetSplits
     loads: dict[str, int] = field(default_factory=dict)  # how often each part was loaded
-    _base: tuple[str, LoadedBase] | None = None  # the last base, by its stage key
+    # The last base as loaded and its latents, by the pretrain stage's key and the latents'
+    # flip (a shipped base's key does not hold it).
+    _loaded: tuple[tuple[str, bool], BaseModel, LatentSet] | None = None
+    # The last prepared variant, by the above and every setting that shapes the variant.
+    _base: tuple[tuple[str, bool, bool, bool], LoadedBase] | None = None
 
     @classmethod
     def load(cls, config: Config) -> Core:
@@ -51,9 +74,25 @@ class Core:
         return core
 
     def base(self, step: Claim, config: Config, log: MetricLogger) -> LoadedBase:
-        """The base of ``step`` (the pretrain stage), pretrained there first if it has to be."""
-        if self._base is not None and self._base[0] == step.stage.key:
+        """The base of ``step`` (the pretrain stage), pretrained there first if it has to be,
+        prepared for ``config``'s fine-tune (DiffFit or not, compiled or not)."""
+        loaded_key = (step.stage.key, config.autoencoder.flip)
+        variant = (*loaded_key, config.finetune.difffit, config.model.compile)
+        if self._base is not None and self._base[0] == variant:
             return self._base[1]
+        self._base = None  # let the previous variant go before copying the next
+        model, latents = self._load(loaded_key, step, config, log)
+        loaded = prepare_variant(model, latents, config.finetune.difffit, config.model.compile)
+        self._base = (variant, loaded)
+        self.loads["variant"] = self.loads.get("variant", 0) + 1
+        return loaded
+
+    def _load(
+        self, key: tuple[str, bool], step: Claim, config: Config, log: MetricLogger
+    ) -> tuple[BaseModel, LatentSet]:
+        if self._loaded is not None and self._loaded[0] == key:
+            return self._loaded[1], self._loaded[2]
+        self._loaded = None
         if config.model.path is not None:
             model = self._brought_base(config)
         elif config.pretrain.checkpoint is not None:
@@ -76,13 +115,9 @@ class Core:
             batch_size=512,
             device=self.device,
         )
-        trainable = prepare_trainable(model, config.finetune.difffit)
-        if config.model.compile:
-            model.transformer.compile()  # in place: parameter names (DiffFit's) stay the same
-        loaded = LoadedBase(model, trainable, latents)
-        self._base = (step.stage.key, loaded)
+        self._loaded = (key, model, latents)
         self.loads["base"] = self.loads.get("base", 0) + 1
-        return loaded
+        return model, latents
 
     def _brought_base(self, config: Config) -> BaseModel:
         """DiT-XL/2 (or another ``model.path``) with the dataset's classes as its class ids."""
