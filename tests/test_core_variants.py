@@ -14,14 +14,18 @@ def _silent(metrics: dict, step: int) -> None:
     return None
 
 
+def _with(config: Config, section: str, **values: object) -> Config:
+    """``config`` with ``values`` set in one of its sections."""
+    changed = getattr(config, section).model_copy(update=values)
+    return config.model_copy(update={section: changed})
+
+
 def test_a_trial_without_difffit_does_not_reuse_an_earlier_trials_difffit_subset(
     tiny_config: Config,
 ) -> None:
     core = Core.load(tiny_config)
     stage = base_stage(tiny_config, core.data.fingerprint)
-    full = tiny_config.model_copy(
-        update={"finetune": tiny_config.finetune.model_copy(update={"difffit": False})}
-    )
+    full = _with(tiny_config, "finetune", difffit=False)
     with claim(stage) as step:
         difffit = core.base(step, tiny_config, _silent)
         everything = core.base(step, full, _silent)
@@ -45,9 +49,7 @@ def test_the_same_setting_reuses_its_variant_and_compile_makes_another(
 ) -> None:
     core = Core.load(tiny_config)
     stage = base_stage(tiny_config, core.data.fingerprint)
-    compiled = tiny_config.model_copy(
-        update={"model": tiny_config.model.model_copy(update={"compile": True})}
-    )
+    compiled = _with(tiny_config, "model", compile=True)
     with claim(stage) as step:
         first = core.base(step, tiny_config, _silent)
         assert core.base(step, tiny_config, _silent) is first
