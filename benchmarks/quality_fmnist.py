@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 # benchmarks/speed.py and results.py, beside this script.
-from quality_results import COLUMNS, PLUGINS, RESULTS
+from quality_results import COLUMNS, DETERMINISTIC, PLUGINS, RESULTS
 from speed import hardware
 
 from mdd.cli import add_set_argument, stop_on_sigterm
@@ -52,7 +52,8 @@ from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import plan as stage_plan
 from mdd.report import DIAGNOSTICS, mean_std
-from mdd.results import read_result, result_path, write_result
+from mdd.results import read_result, set_path, write_result
+from mdd.stats import set_level
 from mdd.sweep import best_params
 from mdd.tracking import Tracker, redact
 
@@ -63,7 +64,7 @@ PUBLISHED_WEIGHTS = (0.002, 0.008)  # lambda_r, lambda_d (METHOD.md section 2)
 WHERE_KEYS = ("name", "device", "cache_dir", "tracking")
 WHERE_DATA_KEYS = ("root", "val_root", "download_dir")
 # Set by the benchmark itself: the grid (method, IPC) and the protocol every cell shares.
-GRID_KEYS = ("method", "sample.ipc", "eval.protocol", "eval.networks")
+GRID_KEYS = ("method", "sample.ipc", "eval.protocol", "eval.networks", "sample.seed")
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,18 @@ class Cell:
     eval_epochs: int | None = None
     repeats: int | None = None
     cached_stages: list[str] = field(default_factory=list)
+    # The networks' mean accuracy on each set drawn (--set-seeds), set 0 (this cell's) first.
+    set_accs: list[float] = field(default_factory=list)
+    set_failures: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         if self.status not in ("done", "resumed"):
             return self.status
-        accuracy = mean_std(self.last_acc_mean, self.last_acc_std)
+        if len(self.set_accs) > 1:
+            level = set_level(self.set_accs)
+            accuracy = f"{mean_std(level.mean, level.std)} over {level.sets} sets"
+        else:
+            accuracy = mean_std(self.last_acc_mean, self.last_acc_std)
         return f"{accuracy} ({self.distill_wall_s:.1f} s)"
 
 
@@ -210,11 +218,18 @@ def cell_config(
     return load_config(mode.experiment, [*overrides, *args.overrides])
 
 
+def with_set_seed(config: Config, seed: int) -> Config:
+    """``config`` drawing its set with ``seed`` (``sample.seed``), all else the same."""
+    return config.model_copy(update={"sample": config.sample.model_copy(update={"seed": seed})})
+
+
 def result_hash(config: Config, fingerprint: str) -> str:
     """What a cell's numbers depend on: the config less where it ran, and the data's content."""
     data = config.to_dict()
     picked = {key: value for key, value in data.items() if key not in WHERE_KEYS}
     picked["data"] = {k: v for k, v in data["data"].items() if k not in WHERE_DATA_KEYS}
+    if picked["sample"].get("seed") is None:  # files from before sample.seed keep their hash
+        picked["sample"].pop("seed", None)
     blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -276,6 +291,7 @@ def cell_record(
             for name in DIAGNOSTICS
             if f"surrogate/{name}" in metrics
         },
+        "set_seed": config.set_seed(),  # the sampling noise's (a random selection's) seed
         "distill_wall_s": metrics["distill_wall_s"],
         "eval_wall_s": result.stages["evaluate"]["wall_s"],
         # precision, compilation and processes as the evaluation resolved them (issue 29);
@@ -377,6 +393,18 @@ def format_notes(cells: list[Cell], settings: dict[str, Any]) -> str:
         for cell in cells
         if cell.status == "failed"
     ]
+    notes += [
+        f"{cell.column} at IPC {cell.ipc}, {failure}"
+        for cell in cells
+        for failure in cell.set_failures
+    ]
+    sets = {len(cell.set_accs) for cell in cells if len(cell.set_accs) > 1}
+    if sets:
+        notes.append(
+            f"Cells marked 'over N sets' ({_listed(sets)} sets) give the mean ± std of the "
+            "sets' accuracies, each set drawn with its own seed (the run's seed + k) and "
+            "evaluated by the same networks' seeds; herding, k-center and full are one set."
+        )
     info = settings["hardware"]
     notes.append(
         f"Total wall time {settings['total_wall_s']:.0f} s on {info['device_name']} "
@@ -450,6 +478,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="compute nothing: report the cells earlier runs left in the stage cache, mark the "
         "others 'not run' (a long benchmark can be run in parts, then tabulated at once)",
     )
+    parser.add_argument(
+        "--set-seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="draw each cell's set with N seeds (the run's seed, +1, ...), each evaluated by the "
+        "same networks' seeds; cells report mean ± std over the sets (default 1; herding, "
+        "k-center and full are one set)",
+    )
     add_set_argument(parser)  # applied to every cell
     return parser.parse_args(argv)
 
@@ -489,27 +526,38 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
         if tuning in weights and lambdas is None:
             cell.status = "skipped"
             continue
-        path = result_path(results, cell.column, cell.ipc) if results else None
-        expected = result_hash(config, core.data.fingerprint)
-        if path is not None and args.resume and resume_from(path, expected, cell):
-            print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc}: {cell.note}")
-            continue
-        if args.cached_only and not all(
-            s.cached for s in stage_plan(config, core.data.fingerprint)
-        ):
-            cell.status = "not run"
-            continue
-        left = sum(1 for c, _ in plan[index - 1 :] if c.status == "to run")
-        print(f"[{index}/{len(plan)}] {cell.column} at IPC {cell.ipc} ({eta(spent, left)})")
         tags = {"mdd.config_file": _shown(mode.experiment), "mdd.benchmark": "quality_fmnist"}
         if tuning == "minimax-swept":
             tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[tuning][1]}
-        started_cell = time.perf_counter()
-        result = run_cell(core, tracker, config, cell, tags)
-        if result is not None and len(cell.cached_stages) < len(result.stages):
-            spent.append(time.perf_counter() - started_cell)  # a computed cell, for the ETA
-        if result is not None and path is not None:
-            write_result(path, cell_record(cell, config, core, result, lambdas))
+        sets = 1 if cell.column in DETERMINISTIC else args.set_seeds
+        for set_index in range(sets):
+            # Set k draws its set with seed + k; the networks keep the run's seed.
+            drawn = config if set_index == 0 else with_set_seed(config, config.seed + set_index)
+            measured = cell if set_index == 0 else Cell(cell.column, cell.ipc)
+            path = set_path(results, cell.column, cell.ipc, set_index) if results else None
+            expected = result_hash(drawn, core.data.fingerprint)
+            label = f"{cell.column} at IPC {cell.ipc}" + (f", set {set_index}" if sets > 1 else "")
+            if path is not None and args.resume and resume_from(path, expected, measured):
+                print(f"[{index}/{len(plan)}] {label}: {measured.note}")
+            elif args.cached_only and not all(
+                s.cached for s in stage_plan(drawn, core.data.fingerprint)
+            ):
+                measured.status = "not run"
+            else:
+                left = sum(1 for c, _ in plan[index - 1 :] if c.status == "to run") * sets
+                print(f"[{index}/{len(plan)}] {label} ({eta(spent, left - set_index)})")
+                started_cell = time.perf_counter()
+                set_tags = tags | {"mdd.set_seed": str(drawn.set_seed())}
+                result = run_cell(core, tracker, drawn, measured, set_tags)
+                if result is not None and len(measured.cached_stages) < len(result.stages):
+                    spent.append(time.perf_counter() - started_cell)  # computed, for the ETA
+                if result is not None and path is not None:
+                    write_result(path, cell_record(measured, drawn, core, result, lambdas))
+            if measured.status == "failed" and measured is not cell:
+                cell.set_failures.append(f"set {set_index}: {measured.note}")
+            if measured.last_acc_mean is None:
+                break  # a set failed or is not run: the sets stay a prefix of 0, 1, ...
+            cell.set_accs.append(measured.last_acc_mean)
     settings = {
         "mode": mode.name,
         "experiment": _shown(mode.experiment),
@@ -555,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "table.md").write_text(markdown, encoding="utf-8")
         record = {**settings, "cells": [asdict(cell) for cell in cells], "table": markdown}
         (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    return 1 if any(cell.status == "failed" for cell in cells) else 0
+    failed = any(cell.status == "failed" or cell.set_failures for cell in cells)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mdd.results import read_results
+from mdd.results import read_results, read_sets
+from mdd.stats import compare, set_level
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -77,6 +78,45 @@ def render_plugins(records: list[dict[str, Any]], grid_columns: bool = False) ->
             shown = cosine is not None and math.isfinite(cosine)
             cells.append(f"{text} (cos {cosine:.3f})" if shown else text)
         lines.append(f"| {ipc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# Columns whose set no seed changes (herding and k-center of real images, the whole split):
+# one set, whatever --set-seeds asks.
+DETERMINISTIC = ("herding", "kcenter", "full")
+# What a set-level reading is compared with at its IPC: the real-image baselines.
+REFERENCES = ("herding", "random")
+
+
+def render_sets(folder: Path) -> str:
+    """Cells drawn with several set seeds: mean ± std over the sets, and each against the
+    real-image baselines at its IPC (paired by set, or against herding's one set); empty
+    when no cell of ``folder`` has a second set."""
+    sets = read_sets(folder)
+    if not sets:
+        return ""
+    accuracies = {cell: [r["last_acc_mean"] for r in records] for cell, records in sets.items()}
+    singles = {(r["column"], r["ipc"]): [r["last_acc_mean"]] for r in read_results(folder)}
+    lines = [
+        "| IPC | column | sets | mean ± std over sets | "
+        + " | ".join(f"vs {ref}" for ref in REFERENCES)
+        + " |",
+        "|" + "---|" * (4 + len(REFERENCES)),
+    ]
+    for column, ipc in sorted(accuracies, key=lambda cell: (cell[1], cell[0])):
+        values = accuracies[(column, ipc)]
+        level = set_level(values)
+        versus = []
+        for reference in REFERENCES:
+            other = accuracies.get((reference, ipc)) or singles.get((reference, ipc))
+            # One set stands for a column only where no seed changes it (herding's).
+            usable = other is not None and (len(other) > 1 or reference in DETERMINISTIC)
+            versus.append(compare(values, other).text() if usable and reference != column else "")
+        lines.append(
+            f"| {ipc} | {column} | {level.sets} | {level.mean:.2f} ± {level.std:.2f} | "
+            + " | ".join(versus)
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from quality_results import (
     RESULTS,
     load_results,
     render_plugins,
+    render_sets,
     render_sources,
     render_table,
     replace_block,
@@ -41,8 +42,16 @@ def render(dataset: str, folder: Path | None = None) -> str:
     grid = folder is None or folder.resolve() == (RESULTS / dataset).resolve()
     records = load_results(folder or RESULTS / dataset)
     sources = render_sources(records) or "- no cell has a result file yet."
+    sets = render_sets(folder or RESULTS / dataset)
+    sets_text = (
+        "Set-level readings: each set drawn with its own seed and evaluated by the same "
+        "networks' seeds; a margin under two set-level stds is level "
+        f"(`mdd/stats.py`):\n\n{sets}\n\n"
+        if sets
+        else ""
+    )
     if not grid:
-        return f"{render_plugins(records, grid_columns=True)}\n\n{sources}"
+        return f"{render_plugins(records, grid_columns=True)}\n\n{sets_text}{sources}"
     table = render_table(records, PUBLISHED.get(dataset, {}))
     notes = "Last-epoch test accuracy %, mean ± std over the networks of each cell"
     if dataset in WHOLE_SET:
@@ -56,7 +65,8 @@ def render(dataset: str, folder: Path | None = None) -> str:
     else:
         notes += "."
     plugins = render_plugins(records)
-    return f"{table}\n\n{notes}\n\nPlug-in compositions (`mdd.methods`):\n\n{plugins}\n\n{sources}"
+    body = f"{table}\n\n{notes}\n\nPlug-in compositions (`mdd.methods`):\n\n{plugins}"
+    return f"{body}\n\n{sets_text}{sources}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,6 +224,10 @@ class SampleConfig(Section):
     batch_size: int = Field(250, ge=1)
     # None (or kind none): plain classifier-free guided sampling. None keeps earlier keys.
     guidance: GuidanceConfig | None = None
+    # The set's own seed: the sampling noise, or a random selection's draw. None: the run's
+    # seed. The evaluation networks keep the run's seed, so sets of several seeds are judged
+    # by the same networks and their spread is the set's (benchmarks/quality_fmnist.py).
+    seed: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _guidance_needs_ddpm(self) -> SampleConfig:
@@ -332,6 +336,10 @@ class Config(Section):
         if self.selection is not None:
             parts.append(self.selection.kind)
         return "+".join(parts)
+
+    def set_seed(self) -> int:
+        """The seed the surrogate set is drawn with (``sample.seed``, else the run's)."""
+        return self.seed if self.sample.seed is None else self.sample.seed
 
     def effective_finetune(self) -> FinetuneConfig:
         """What fine-tuning runs: the ``dit`` baseline is minimax with both weights 0."""

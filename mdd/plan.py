@@ -72,7 +72,8 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     else:
         # `full` takes the whole training split whatever the IPC: one selection serves all.
         ipc = None if config.method == "full" else config.sample.ipc
-        made = digest(fingerprint, config.method, ipc, config.seed)
+        drawn = () if config.sample.seed is None else ({"set_seed": config.sample.seed},)
+        made = digest(fingerprint, config.method, ipc, config.seed, *drawn)
         stages.append(Stage("select", made, root / "surrogate" / made))
     if config.judge.diagnostics:
         # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.

@@ -23,8 +23,41 @@ SCHEMA = 1
 _NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)\.json")
 
 
+SETS = "sets"  # subfolder of the further sets' files, so a folder's cells stay one per file
+_SET_NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)-set(?P<index>\d+)\.json")
+
+
 def result_path(folder: Path, column: str, ipc: int) -> Path:
     return folder / f"{column}-ipc{ipc}.json"
+
+
+def set_path(folder: Path, column: str, ipc: int, index: int) -> Path:
+    """Set ``index`` of a cell drawn with several set seeds: 0 is the cell's own file."""
+    if index == 0:
+        return result_path(folder, column, ipc)
+    return folder / SETS / f"{column}-ipc{ipc}-set{index}.json"
+
+
+def read_sets(folder: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Every cell of ``folder`` with further sets: (column, IPC) -> its records, set 0 first.
+
+    A cell counts its sets in order from 0 and stops at the first one missing, so a set
+    whose file went astray never leaves a gap that pairs set k of one column with another
+    column's set k + 1.
+    """
+    found: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for path in sorted((folder / SETS).glob("*.json")):
+        if (match := _SET_NAME.fullmatch(path.name)) and (record := read_result(path)):
+            cell = (match["column"], int(match["ipc"]))
+            found.setdefault(cell, {})[int(match["index"])] = record
+    cells = {}
+    for (column, ipc), sets in found.items():
+        if (own := read_result(result_path(folder, column, ipc))) is None:
+            continue
+        sets[0] = own
+        count = next(index for index in range(len(sets) + 1) if index not in sets)
+        cells[(column, ipc)] = [sets[index] for index in range(count)]
+    return cells
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

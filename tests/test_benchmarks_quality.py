@@ -17,14 +17,14 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from mdd.results import read_result
+from mdd.results import read_result, read_sets
 from mdd.sweep import best_params
 from tests.conftest import write_tiny_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality_fmnist.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
-from quality_results import PLUGINS, load_results  # noqa: E402
+from quality_results import PLUGINS, load_results, render_sets  # noqa: E402
 
 COLUMNS = ["random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full", *PLUGINS]
 EXPERIMENT = "quality_fmnist_quick"
@@ -233,6 +233,14 @@ def test_each_finished_cell_leaves_a_result_file_with_what_ran_came_out_and_wher
     assert records[("dit+confidence", 1)]["selection"]["kind"] == "confidence"
 
 
+def rerun_cells(quick_run: dict, out: Path, *extra: str) -> tuple[str, dict[str, dict]]:
+    """Run the script again on the quick run's data and cache; its stdout and cells by column."""
+    done = run_script(quick_run["work"], quick_run["env"], *extra, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    return done.stdout, {cell["column"]: cell for cell in cells}
+
+
 def test_a_cell_with_a_matching_result_file_is_read_back_and_a_stale_one_recomputed(
     quick_run, tmp_path: Path
 ):
@@ -240,16 +248,12 @@ def test_a_cell_with_a_matching_result_file_is_read_back_and_a_stale_one_recompu
     shutil.copytree(quick_run["work"] / "results", results)
     stale = results / "random-ipc1.json"
     stale.write_text(stale.read_text().replace('"config_hash": "', '"config_hash": "stale'))
-    done = run_script(
-        quick_run["work"],
-        quick_run["env"],
+    _, cells = rerun_cells(
+        quick_run,
+        tmp_path / "out",
         *("--methods", "random", "minimax", "--ipc", "1", "--results", str(results)),
-        *("--out", str(tmp_path / "out"), "--experiment", "quality_resumed"),
+        *("--experiment", "quality_resumed"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    cells = {
-        c["column"]: c for c in json.loads((tmp_path / "out" / "results.json").read_text())["cells"]
-    }
     assert cells["minimax"]["status"] == "resumed"  # its file matched: nothing recomputed
     assert cells["random"]["status"] == "done"  # its file's hash did not: recomputed
     assert "stale" not in stale.read_text()
@@ -293,3 +297,26 @@ def test_a_copy_without_git_takes_its_commit_from_the_environment(tmp_path, monk
     monkeypatch.setattr(quality_fmnist, "ROOT", ROOT)  # a checkout: git wins over the variable
     monkeypatch.setenv("MDD_GIT_COMMIT", "not this")
     assert re.fullmatch(r"[0-9a-f]{40}", quality_fmnist._git_commit())
+
+
+def test_set_seeds_draw_further_sets_of_the_seeded_columns_only(quick_run, tmp_path: Path):
+    results = tmp_path / "results"
+    shutil.copytree(quick_run["work"] / "results", results)
+    stdout, cells = rerun_cells(
+        quick_run,
+        tmp_path / "out",
+        *("--methods", "random", "dit", "herding", "--ipc", "1", "--set-seeds", "3"),
+        *("--results", str(results), "--experiment", "quality_sets"),
+    )
+    assert cells["random"]["status"] == "resumed"  # set 0 is the cell's own file
+    assert len(cells["random"]["set_accs"]) == len(cells["dit"]["set_accs"]) == 3
+    assert cells["herding"]["set_accs"] == [cells["herding"]["last_acc_mean"]]  # one set
+    assert "over 3 sets" in markdown_table(stdout, "IPC")["1"]["dit"]
+    sets = read_sets(results)
+    assert sorted(sets) == [("dit", 1), ("random", 1)]
+    for records in sets.values():
+        assert [r["set_seed"] for r in records] == [0, 1, 2]
+        # The seed reached the sets: each set's images measure differently.
+        assert len({r["diagnostics"]["frechet_features"] for r in records}) == 3
+    rendered = render_sets(results)
+    assert "| 1 | dit | 3 |" in rendered and "| 1 | random | 3 |" in rendered

@@ -97,7 +97,7 @@ def sample_surrogate(
         steer = GUIDANCES[sample.guidance.kind](sample.guidance, context)
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
-    images = generate_images(base, labels, settings, config.seed, device, weights, steer)
+    images = generate_images(base, labels, settings, config.set_seed(), device, weights, steer)
     sampling_s = time.perf_counter() - started - setup_s
     order = torch.argsort(labels, stable=True)  # the set is written class-major
     images, labels = images[order], labels[order]

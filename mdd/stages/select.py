@@ -29,7 +29,7 @@ def _features(data: DatasetSplits, config: Config, device: torch.device) -> torc
 
 
 def _random(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return select_random(data.train.labels, config.sample.ipc, config.seed)
+    return select_random(data.train.labels, config.sample.ipc, config.set_seed())
 
 
 def _herding(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
