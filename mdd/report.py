@@ -18,6 +18,7 @@ from typing import Any
 
 from mdd.config import TrackingConfig
 from mdd.errors import DataError, MddError
+from mdd.ranking import fraction, label_robust
 from mdd.results import read_results
 from mdd.tracking import finished_runs, redact, tracking_uri
 
@@ -232,6 +233,41 @@ def _diagnostics_table(rows: list[Row]) -> list[str]:
     return ["", "## Surrogate-set diagnostics", "", DIAGNOSTICS_LEGEND, "", *_table(header, body)]
 
 
+RANKING_LEGEND = (
+    "DD-Ranking's scores of each set against random real images of the same IPC and the whole "
+    "training set under the same protocol and network (`mdd.ranking`), from last accuracies as "
+    "fractions: **HLR** = full minus set (lower is better), **IOR** = set minus random, "
+    "**LRS** = (e^x - e^-1) / (e - e^-1) with x = (IOR - HLR) / 2, in [0, 1]. mdd's "
+    "protocols use hard labels, so IOR is the hard-label improvement. DD-Ranking's own code "
+    "feeds percentages into e^x, so its LRS is not comparable with these."
+)
+
+
+def _ranking_table(rows: list[Row]) -> list[str]:
+    """HLR, IOR and LRS of every set whose random and full rows share its protocol and network."""
+    by_cell = {(r.dataset, r.protocol, r.network, r.method, r.ipc): r for r in rows}
+    full = {(r.dataset, r.protocol, r.network): r for r in rows if r.method == "full"}
+    body = []
+    for row in rows:
+        cell = (row.dataset, row.protocol, row.network)
+        random = by_cell.get((*cell, "random", row.ipc))
+        # `full` does not depend on the IPC: its row of another IPC serves as well.
+        whole = by_cell.get((*cell, "full", row.ipc)) or full.get(cell)
+        if row.method in ("random", "full") or random is None or whole is None:
+            continue
+        scores = label_robust(
+            fraction(row.last_acc_mean),
+            fraction(random.last_acc_mean),
+            fraction(whole.last_acc_mean),
+        )
+        values = [f"{scores.hlr:.4f}", f"{scores.ior:+.4f}", f"{scores.lrs:.4f}"]
+        body.append([row.dataset, row.method, str(row.ipc), row.network, row.protocol, *values])
+    if not body:
+        return []
+    header = ["dataset", "method", "IPC", "network", "protocol", "HLR", "IOR", "LRS"]
+    return ["", "## DD-Ranking scores", "", RANKING_LEGEND, "", *_table(header, body)]
+
+
 def format_markdown(rows: list[Row], unplaced: list[str], title: str, store: str) -> str:
     lines = [f"# Results of {title}", "", f"Store: `{redact(store)}`.", ""]
     lines += [LEGEND, ""]
@@ -268,6 +304,7 @@ def format_markdown(rows: list[Row], unplaced: list[str], title: str, store: str
     for dataset, protocol in sorted({(row.dataset, row.protocol) for row in rows}):
         lines += ["", f"## {dataset}, {protocol} protocol: last accuracy (%)", ""]
         lines += _pivot([r for r in rows if (r.dataset, r.protocol) == (dataset, protocol)])
+    lines += _ranking_table(rows)
     lines += _diagnostics_table(rows)
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ from mdd.results import read_results, result_path, write_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _record(column: str, ipc: int, last: float, best: float) -> dict:
+def cell_record(column: str, ipc: int, last: float, best: float) -> dict:
     return {
         "column": column,
         "ipc": ipc,
@@ -38,7 +38,7 @@ def folder(tmp_path: Path) -> Path:
         ("random", 10, 74.27, 74.5),
         ("dit", 1, 61.09, 62.0),
     ):
-        write_result(result_path(folder, column, ipc), _record(column, ipc, last, best))
+        write_result(result_path(folder, column, ipc), cell_record(column, ipc, last, best))
     (folder / "notes.json").write_text("{}")  # not a result file's name: left out
     return folder
 
@@ -101,7 +101,7 @@ def test_a_missing_folder_is_a_clear_error_and_a_nonzero_exit(
 
 
 def test_a_result_file_without_a_field_is_named_in_the_error(folder: Path, tmp_path: Path) -> None:
-    broken = _record("herding", 1, 70.7, 71.0)
+    broken = cell_record("herding", 1, 70.7, 71.0)
     del broken["best_acc_mean"]
     write_result(result_path(folder, "herding", 1), broken)
 
