@@ -47,6 +47,7 @@ from mdd.cli import add_set_argument, stop_on_sigterm
 from mdd.config import Config, load_config
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, StageError
+from mdd.eval.judge import judge_identity
 from mdd.eval.protocols import protocol_for
 from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
@@ -298,6 +299,8 @@ def cell_record(
         # absent from files made before they existed (fp32, eager, one process).
         "eval_levers": evaluated.get("levers", {}).get(NETWORK),
         "machine": _machine(hardware(core.device)),
+        # The judge's weights behind the diagnostics and any selection in its features.
+        "judge": judge_identity(config, core.data.fingerprint),
         "git_commit": _git_commit(),
         "config_hash": result_hash(config, core.data.fingerprint),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -11,6 +11,7 @@ shaped like the paper's table) and ``report.csv``.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +54,9 @@ DIAGNOSTICS_LEGEND = (
     "class; **precision / recall / density / coverage** of Naeem et al. 2020 (k = 5) against "
     "the class's real images; **nearest train / test** = pixel similarity to the closest "
     "training / test image (1 = a copy; a selected real set is 1 on train by construction); "
-    "**Fréchet** = distance of Gaussians fitted to the set's and the real images' features."
+    "**Fréchet** = distance of Gaussians fitted to the set's and the real images' features. "
+    "With one image per class (IPC 1) intra cos and recall are undefined (—) and "
+    "density is coverage times the class's reference images over k: read one of the two."
 )
 _TEST_METRIC = re.compile(r"^test/(?P<network>[^/]+)/last_acc_mean$")
 _CSV_FIELDS = (
@@ -225,7 +228,11 @@ def _diagnostics_table(rows: list[Row]) -> list[str]:
     for key in sorted(sets):
         dataset, (_, method), ipc = key
         values = sets[key].diagnostics
-        cells = [f"{values[name]:.3f}" if name in values else "—" for name in DIAGNOSTICS]
+        # NaN is a diagnostic undefined for the set (recall at IPC 1), not a missing one.
+        cells = [
+            f"{values[name]:.3f}" if not math.isnan(values.get(name, math.nan)) else "—"
+            for name in DIAGNOSTICS
+        ]
         body.append([dataset, method, str(ipc), *cells])
     if not body:
         return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import mdd.eval.judge as judge_module
 from mdd.commands import judge_only
 from mdd.config import Config, load_config
 from mdd.data.load import load_dataset
-from mdd.eval.judge import judge_cache_path, load_judge, shipped_judge
+from mdd.eval.judge import judge_cache_path, judge_identity, load_judge, shipped_judge
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -64,3 +65,27 @@ def test_the_demo_reads_the_shipped_fashion_mnist_judge() -> None:
     assert path is not None, "the shipped judge does not match the demo's data or settings"
     note = json.loads(path.with_suffix(".json").read_text())
     assert note["data_fingerprint"] == fingerprint
+
+
+def test_the_judge_identity_names_the_weights_load_judge_reads_and_hashes_their_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(judge_module, "SHIPPED_JUDGES", tmp_path / "shipped")
+    assert judge_identity(config, "fp") is None  # no judge anywhere yet
+
+    shipped = tmp_path / "shipped" / judge_cache_path(config, "fp").name
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"shipped weights")
+    assert judge_identity(config, "fp") == {
+        "file": shipped.name,
+        "source": "shipped",
+        "sha256": hashlib.sha256(b"shipped weights").hexdigest()[:16],
+    }
+
+    cache = judge_cache_path(config, "fp")  # a judge trained here wins, as in load_judge
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"weights trained on another machine")
+    identity = judge_identity(config, "fp")
+    assert identity is not None and identity["source"] == "cache"
+    assert identity["sha256"] == hashlib.sha256(cache.read_bytes()).hexdigest()[:16]

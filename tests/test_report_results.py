@@ -9,7 +9,7 @@ import pytest
 
 from mdd.cli import main
 from mdd.errors import DataError
-from mdd.report import write_results_report
+from mdd.report import DIAGNOSTICS, write_results_report
 from mdd.results import read_results, result_path, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +107,21 @@ def test_a_result_file_without_a_field_is_named_in_the_error(folder: Path, tmp_p
 
     with pytest.raises(DataError, match="herding-ipc1.json has no 'best_acc_mean'"):
         write_results_report(folder, tmp_path / "out")
+
+
+def test_a_diagnostic_undefined_for_the_set_reads_as_a_dash_not_nan(tmp_path: Path) -> None:
+    folder = tmp_path / "fashion_mnist"
+    single = cell_record("herding", 1, 70.53, 70.53)
+    single["diagnostics"] = {"recall": float("nan"), "density": 2.24, "coverage": 0.0224}
+    write_result(result_path(folder, "herding", 1), single)
+
+    markdown = write_results_report(folder, tmp_path / "out")
+
+    header = ["dataset", "method", "IPC", *DIAGNOSTICS]
+    rows = [[c.strip() for c in x.strip("|").split("|")] for x in markdown.splitlines()]
+    cells = next(
+        r for r in rows if r[:3] == ["fashion_mnist", "herding", "1"] and len(r) == len(header)
+    )
+    assert "nan" not in cells
+    assert cells[header.index("recall")] == "—"
+    assert cells[header.index("density")] == "2.240"

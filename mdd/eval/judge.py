@@ -18,6 +18,7 @@ the weights depend on (the data fingerprint included).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,22 @@ def shipped_judge(config: Config, fingerprint: str) -> Path | None:
     """The shipped weights of exactly this judge (same file name as its cache file), if any."""
     path = SHIPPED_JUDGES / judge_cache_path(config, fingerprint).name
     return path if path.is_file() else None
+
+
+def judge_identity(config: Config, fingerprint: str) -> dict[str, str] | None:
+    """Which weights ``load_judge`` reads for ``config`` (the cache before the shipped
+    file) and a hash of their bytes, so a result file says which judge scored it (one
+    trained on another machine has other weights); None before any judge exists."""
+    cache = judge_cache_path(config, fingerprint)
+    weights = cache if cache.is_file() else shipped_judge(config, fingerprint)
+    if weights is None:
+        return None
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return {
+        "file": weights.name,
+        "source": "cache" if weights == cache else "shipped",
+        "sha256": digest,
+    }
 
 
 def load_judge(data: DatasetSplits, config: Config, device: torch.device) -> Judge:
