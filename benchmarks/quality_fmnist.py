@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,7 +54,7 @@ from mdd.report import DIAGNOSTICS, mean_std
 from mdd.results import read_result, set_path, write_result
 from mdd.stats import set_level
 from mdd.sweep import best_params
-from mdd.tracking import Tracker, redact
+from mdd.tracking import Tracker, git_state, redact
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORK = "convnet3"
@@ -235,19 +233,6 @@ def result_hash(config: Config, fingerprint: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _git_commit() -> str:
-    """HEAD of the checkout; a copy without ``.git`` (a rented GPU machine, a container) says
-    which commit it was copied from in ``$MDD_GIT_COMMIT``."""
-    try:
-        found = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        )
-    except OSError:  # no git on the machine
-        found = None
-    commit = found.stdout.strip() if found is not None and found.returncode == 0 else ""
-    return commit or os.environ.get("MDD_GIT_COMMIT", "unknown")
-
-
 def _machine(info: dict[str, Any]) -> dict[str, Any]:
     gpu = info["device_name"] if info["device"].startswith("cuda") else None
     return {
@@ -301,7 +286,7 @@ def cell_record(
         "machine": _machine(hardware(core.device)),
         # The judge's weights behind the diagnostics and any selection in its features.
         "judge": judge_identity(config, core.data.fingerprint),
-        "git_commit": _git_commit(),
+        "git_commit": git_state()["mdd.git_commit"],
         "config_hash": result_hash(config, core.data.fingerprint),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from safetensors.torch import save_file
+
+from mdd.atomic import write_atomically, write_json_atomically
 
 DONE_FILE = "done.json"
 T = TypeVar("T")
@@ -122,14 +123,12 @@ def claim(stage: Stage) -> Iterator[Claim]:
         if not held.cached:
             stage.folder.mkdir(parents=True, exist_ok=True)
             record = {"key": stage.key, "wall_s": time.perf_counter() - started}
-            (stage.folder / DONE_FILE).write_text(json.dumps(record, indent=2))
+            write_json_atomically(stage.folder / DONE_FILE, record, indent=2)
 
 
 def save_tensors_atomically(tensors: dict[str, Any], path: Path) -> None:
     """Write a safetensors file so that no reader ever sees half of it: concurrent writers
     (sweep workers computing the same thing) each write their own file, then one atomic
     rename wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial))
-    os.replace(partial, path)
+    on_cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_atomically(path, lambda temporary: save_file(on_cpu, str(temporary)))

@@ -13,11 +13,11 @@ fills over days and machines; the README's table is rendered from these files an
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from mdd.atomic import write_json_atomically
 
 SCHEMA = 1
 _NAME = re.compile(r"(?P<column>[a-z0-9+-]+)-ipc(?P<ipc>\d+)\.json")
@@ -71,14 +71,7 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 def write_result(path: Path, record: dict[str, Any]) -> None:
     """Write atomically: a benchmark stopped mid-write leaves the old file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump({"schema": SCHEMA, **record}, out, indent=2, sort_keys=True)
-        out.write("\n")
-    # mkstemp makes the file private (0600); a result file is for everyone who reads the repo.
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+    write_json_atomically(path, {"schema": SCHEMA, **record}, indent=2, sort_keys=True)
 
 
 def read_results(folder: Path) -> list[dict[str, Any]]:

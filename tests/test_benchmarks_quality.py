@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from mdd.results import read_result, read_sets
 from mdd.sweep import best_params
+from mdd.tracking import git_state
 from tests.conftest import write_tiny_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,16 +288,14 @@ def test_pool_diagnostics_read_a_cells_candidate_pool_and_kept_set_from_the_cach
 
 
 def test_a_copy_without_git_takes_its_commit_from_the_environment(tmp_path, monkeypatch):
-    import quality_fmnist
-
-    monkeypatch.setattr(quality_fmnist, "ROOT", tmp_path)  # a copy with no .git above it
+    # Result files name their commit through mdd.tracking.git_state, the runs' provenance.
     monkeypatch.setenv("MDD_GIT_COMMIT", "fe84fb14592948e91da3a93bcc84c74bd4b7dc9c")
-    assert quality_fmnist._git_commit() == "fe84fb14592948e91da3a93bcc84c74bd4b7dc9c"
+    commit = git_state(tmp_path)["mdd.git_commit"]  # a copy with no .git above it
+    assert commit == "fe84fb14592948e91da3a93bcc84c74bd4b7dc9c"
     monkeypatch.delenv("MDD_GIT_COMMIT")
-    assert quality_fmnist._git_commit() == "unknown"
-    monkeypatch.setattr(quality_fmnist, "ROOT", ROOT)  # a checkout: git wins over the variable
-    monkeypatch.setenv("MDD_GIT_COMMIT", "not this")
-    assert re.fullmatch(r"[0-9a-f]{40}", quality_fmnist._git_commit())
+    assert git_state(tmp_path)["mdd.git_commit"] == "unknown"
+    monkeypatch.setenv("MDD_GIT_COMMIT", "not this")  # a checkout: git wins over the variable
+    assert re.fullmatch(r"[0-9a-f]{40}", git_state(ROOT)["mdd.git_commit"])
 
 
 def test_set_seeds_draw_further_sets_of_the_seeded_columns_only(quick_run, tmp_path: Path):

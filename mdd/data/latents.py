@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from mdd.atomic import write_atomically
 from mdd.diffusion.autoencoder import Autoencoder
 
 # Bumped when the file layout changes, so old files are simply not found.
@@ -144,17 +143,10 @@ def _read(
 
 
 def _write_atomically(path: Path, tensors: dict[str, Tensor], key_text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(
-            {name: tensor.contiguous() for name, tensor in tensors.items()},
-            temporary,
-            metadata={"key": key_text},
-        )
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """The latents with their key as metadata, written so readers never see half a file."""
+    contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
+
+    def write(temporary: Path) -> None:
+        save_file(contiguous, str(temporary), metadata={"key": key_text})
+
+    write_atomically(path, write)
