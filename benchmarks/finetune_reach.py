@@ -26,11 +26,10 @@ from typing import Any
 from speed import hardware
 
 from mdd.cli import add_set_argument
-from mdd.config import Config, load_config
+from mdd.config import load_config
 from mdd.core import Core
 from mdd.data.surrogate import read_surrogate
-from mdd.pipeline import run_with_core
-from mdd.plan import plan
+from mdd.pipeline import RunResult, run_with_core
 from mdd.report import DIAGNOSTICS
 from mdd.tracking import Tracker
 
@@ -52,9 +51,8 @@ def arm_overrides(scale: int | None, length: list[str]) -> list[str]:
     return ["method=minimax", f"finetune.lambda_r={lr}", f"finetune.lambda_d={ld}", *length]
 
 
-def surrogate_images(core: Core, config: Config) -> Any:
-    made = {stage.name: stage for stage in plan(config, core.data.fingerprint)}["sample"]
-    return read_surrogate(made.folder / "data").images.float() / 255
+def surrogate_images(result: RunResult) -> Any:
+    return read_surrogate(result.stages["sample"]["folder"] / "data").images.float() / 255
 
 
 def main() -> int:
@@ -94,7 +92,7 @@ def main() -> int:
             config = load_config(ROOT / "experiments/fashion_mnist.yaml", overrides)
             tags = {"mdd.benchmark": "finetune_reach", "mdd.arm": f"{length} / {name}"}
             result = run_with_core(core, config, tracker, tags, "diagnose")
-            images = surrogate_images(core, config)
+            images = surrogate_images(result)
             if reference is None:
                 reference = images
             difference = float((images - reference).abs().mean())

@@ -249,8 +249,7 @@ def cell_record(
     cell: Cell, config: Config, core: Core, result: RunResult, weights: Weights | None
 ) -> dict[str, Any]:
     """The result file's content: what ran, what came out, what it cost, and where."""
-    stages = {stage.name: stage for stage in stage_plan(config, core.data.fingerprint)}
-    evaluated = json.loads((stages["evaluate"].folder / "results.json").read_text())
+    evaluated = json.loads((result.stages["evaluate"]["folder"] / "results.json").read_text())
     runs = evaluated["runs"][NETWORK]
     metrics = result.metrics
     return {
@@ -260,8 +259,9 @@ def cell_record(
         "composition": config.composition,
         "guidance": config.sample.guidance.model_dump() if config.sample.guidance else None,
         "selection": config.selection.model_dump() if config.selection else None,
-        "lambda_r": weights[0] if weights else None,
-        "lambda_d": weights[1] if weights else None,
+        # The weights the fine-tune ran with: a --set override comes after the cell's own.
+        "lambda_r": config.finetune.lambda_r if weights else None,
+        "lambda_d": config.finetune.lambda_d if weights else None,
         "protocol": config.eval.protocol,
         "network": NETWORK,
         "epochs": cell.eval_epochs,

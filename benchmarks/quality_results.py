@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mdd.config import FinetuneConfig
 from mdd.results import read_results, read_sets
 from mdd.stats import compare, set_level
 
@@ -147,9 +148,12 @@ def _levers(record: dict[str, Any]) -> str:
 
 
 def _settings(record: dict[str, Any]) -> str:
-    """A plug-in cell's settings, in brackets (``minimax`` weights are in the notes)."""
+    """A cell's settings, in brackets: a plug-in's, and minimax weights other than the
+    published ones (which the notes name once for the grid)."""
     parts = []
-    if record.get("lambda_r") is not None and "+" in record["column"]:
+    weights = (record.get("lambda_r"), record.get("lambda_d"))
+    published = (FinetuneConfig().lambda_r, FinetuneConfig().lambda_d)
+    if weights[0] is not None and ("+" in record["column"] or weights != published):
         parts.append(f"lambda_r {record['lambda_r']:g}, lambda_d {record['lambda_d']:g}")
     if guidance := record.get("guidance"):
         settings = {k: v for k, v in guidance.items() if k != "kind"}

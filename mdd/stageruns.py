@@ -48,6 +48,8 @@ class Step:
 
 @dataclass
 class RunResult:
+    """A run's metrics and, per stage run, its key, cached flag, wall time and folder."""
+
     metrics: dict[str, float]
     stages: dict[str, dict[str, Any]]
 
@@ -85,6 +87,12 @@ class Stages:
                     raise StageError(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
                 wall_s = time.perf_counter() - started
                 run.log_metrics({"wall_s": wall_s})
-        self.result.stages[name] = {"key": stage.key, "cached": held.cached, "wall_s": wall_s}
+        # The folder lets a caller read the stage's outputs without rebuilding the plan.
+        self.result.stages[name] = {
+            "key": stage.key,
+            "cached": held.cached,
+            "wall_s": wall_s,
+            "folder": stage.folder,
+        }
         # The compute time, the original one for a cached stage.
         self.result.metrics[f"wall_s/{name}"] = stage.wall_s

@@ -319,3 +319,18 @@ def test_set_seeds_draw_further_sets_of_the_seeded_columns_only(quick_run, tmp_p
         assert len({r["diagnostics"]["frechet_features"] for r in records}) == 3
     rendered = render_sets(results)
     assert "| 1 | dit | 3 |" in rendered and "| 1 | random | 3 |" in rendered
+
+
+def test_a_weight_set_on_the_command_line_is_the_weight_the_result_file_records(
+    quick_run, tmp_path: Path
+):
+    results = tmp_path / "results"
+    _, cells = rerun_cells(
+        quick_run,
+        tmp_path / "out",
+        *("--methods", "minimax", "--ipc", "1", "--set", "finetune.lambda_r=0.02"),
+        *("--results", str(results), "--experiment", "quality_weights"),
+    )
+    assert cells["minimax"]["status"] == "done"
+    record = read_result(results / "minimax-ipc1.json")
+    assert (record["lambda_r"], record["lambda_d"]) == (0.02, 0.008)

@@ -9,11 +9,14 @@ from mlflow import MlflowClient
 
 from mdd.cli import run_main
 from mdd.config import Config
+from mdd.core import Core
 from mdd.data.fingerprint import dataset_fingerprint
 from mdd.data.folders import subset_wnids
 from mdd.data.surrogate import read_surrogate
+from mdd.pipeline import run_with_core
 from mdd.plan import base_key, plan
 from mdd.stages import finetune as finetune_stage
+from mdd.tracking import Tracker
 
 
 def run_cli(config: Config, folder: Path, *extra: str) -> int:
@@ -206,3 +209,11 @@ def test_nan_loss_fails_the_run_naming_the_step_and_keeps_checkpoints(
     stage = {s.name: s for s in plan(tiny_config, _fingerprint(tiny_config))}["finetune"]
     assert (stage.folder / "checkpoints" / "step-4" / "state.safetensors").is_file()
     assert not stage.cached
+
+
+def test_a_runs_result_names_each_stages_folder_as_the_plan_does(tiny_config: Config) -> None:
+    core = Core.load(tiny_config)
+    result = run_with_core(core, tiny_config, Tracker(tiny_config.tracking), {})
+    planned = {stage.name: stage.folder for stage in plan(tiny_config, core.data.fingerprint)}
+    assert {name: info["folder"] for name, info in result.stages.items()} == planned
+    assert read_surrogate(result.stages["sample"]["folder"] / "data").labels.numel() == 20

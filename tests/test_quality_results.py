@@ -64,6 +64,15 @@ def test_the_table_has_every_column_marks_missing_cells_and_shows_the_published_
     )
 
 
+def test_sources_name_minimax_weights_only_where_they_are_not_the_published_ones() -> None:
+    published = record("minimax", 10, 72.6, 0.3) | {"lambda_r": 0.002, "lambda_d": 0.008}
+    tenfold = record("minimax", 10, 72.97, 0.38) | {"lambda_r": 0.02, "lambda_d": 0.08}
+    plugin = published | {"column": "minimax+mode"}
+    assert "minimax at IPC 10: Some CPU" in render_sources([published])
+    assert "minimax at IPC 10 (lambda_r 0.02, lambda_d 0.08): " in render_sources([tenfold])
+    assert "(lambda_r 0.002, lambda_d 0.008)" in render_sources([plugin])
+
+
 def test_replace_block_sets_the_lines_between_the_markers_and_needs_exactly_one_block() -> None:
     text = "a\n<!-- q -->\nold\n<!-- /q -->\nb\n"
     assert replace_block(text, "q", "new") == "a\n<!-- q -->\nnew\n<!-- /q -->\nb\n"
