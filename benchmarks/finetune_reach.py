@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from speed import hardware
-
 from mdd.cli import add_set_argument
 from mdd.config import load_config
 from mdd.core import Core
 from mdd.data.surrogate import read_surrogate
+from mdd.machine import hardware
 from mdd.pipeline import RunResult, run_with_core
 from mdd.report import DIAGNOSTICS
 from mdd.tracking import Tracker

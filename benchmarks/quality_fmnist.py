@@ -37,16 +37,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# benchmarks/speed.py and results.py, beside this script.
+# benchmarks/quality_results.py, beside this script: the grid's columns and its folder.
 from quality_results import COLUMNS, DETERMINISTIC, PLUGINS, RESULTS
-from speed import hardware
 
 from mdd.cli import add_set_argument, stop_on_sigterm
-from mdd.config import Config, load_config
+from mdd.config import GENERATIVE, Config, load_config
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.eval.judge import judge_identity
 from mdd.eval.protocols import protocol_for
+from mdd.machine import hardware
 from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import plan as stage_plan
@@ -259,6 +259,13 @@ def cell_record(
         "composition": config.composition,
         "guidance": config.sample.guidance.model_dump() if config.sample.guidance else None,
         "selection": config.selection.model_dump() if config.selection else None,
+        "sampler": {  # the sampling settings of a generated set; None for real images
+            "steps": config.sample.steps,
+            "scheduler": config.sample.scheduler,
+            "guidance_scale": config.sample.guidance_scale,
+        }
+        if config.method in GENERATIVE
+        else None,
         # The weights the fine-tune ran with: a --set override comes after the cell's own.
         "lambda_r": config.finetune.lambda_r if weights else None,
         "lambda_d": config.finetune.lambda_d if weights else None,

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mdd.config import FinetuneConfig
+from mdd.config import FinetuneConfig, SampleConfig
 from mdd.results import read_results, read_sets
 from mdd.stats import compare, set_level
 
@@ -148,13 +148,19 @@ def _levers(record: dict[str, Any]) -> str:
 
 
 def _settings(record: dict[str, Any]) -> str:
-    """A cell's settings, in brackets: a plug-in's, and minimax weights other than the
-    published ones (which the notes name once for the grid)."""
+    """A cell's settings, in brackets: a plug-in's, and minimax weights and sampler settings
+    other than the published ones and the embedded default's (which the notes name once)."""
     parts = []
     weights = (record.get("lambda_r"), record.get("lambda_d"))
     published = (FinetuneConfig().lambda_r, FinetuneConfig().lambda_d)
     if weights[0] is not None and ("+" in record["column"] or weights != published):
         parts.append(f"lambda_r {record['lambda_r']:g}, lambda_d {record['lambda_d']:g}")
+    defaults = SampleConfig()
+    if sampler := record.get("sampler"):  # only where it is not the embedded default's
+        if (sampler["steps"], sampler["scheduler"]) != (defaults.steps, defaults.scheduler):
+            parts.append(f"{sampler['steps']} {sampler['scheduler'].upper()} steps")
+        if sampler["guidance_scale"] != defaults.guidance_scale:
+            parts.append(f"guidance scale {sampler['guidance_scale']:g}")
     if guidance := record.get("guidance"):
         settings = {k: v for k, v in guidance.items() if k != "kind"}
         parts.append(f"{guidance['kind']} " + ", ".join(f"{k} {v}" for k, v in settings.items()))

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 from torch import Tensor
 
@@ -50,7 +48,7 @@ from mdd.diffusion.backbone import create_backbone
 from mdd.diffusion.base import BaseModel, Trainable, prepare_trainable
 from mdd.diffusion.sampling import make_labels
 from mdd.errors import MddError
-from mdd.eval.levers import cpu_flags
+from mdd.machine import hardware
 from mdd.minimax import LoopMinimaxCriteria, MinimaxCriteria
 from mdd.runtime import pick_device, seed_everything
 from mdd.stages.finetune import finetune
@@ -135,34 +133,6 @@ QUICK = Sizes(
     sample_repeats=1,
     sweep=sweep_speed.QUICK,
 )
-
-
-def hardware(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu_model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    usable = (
-        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 0)
-    )
-    return {
-        "cpu_model": cpu_model,
-        "cpu_flags": cpu_flags(),  # the extensions the levers of mdd/eval/levers.py read
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(usable),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "diffusers_version": diffusers.__version__,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model,
-        # Other work on the machine slows every arm; the load says whether there was any.
-        "load_average_1min_at_start": os.getloadavg()[0],
-    }
 
 
 def synchronize(device: torch.device) -> None:

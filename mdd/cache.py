@@ -126,6 +126,23 @@ def claim(stage: Stage) -> Iterator[Claim]:
             write_json_atomically(stage.folder / DONE_FILE, record, indent=2)
 
 
+def lock_path(path: Path) -> Path:
+    """The lock a file computed once (``computed_once``) is written under, beside it."""
+    return path.with_suffix(".lock")
+
+
+def computed_once(path: Path, read: Callable[[], T], compute: Callable[[], T]) -> T:
+    """``read()`` where ``path`` exists, else ``compute()``, which writes ``path``, under
+    ``path``'s lock: processes that miss it together (sweep workers) queue, the first
+    computes and the others read what it wrote."""
+    if path.is_file():
+        return read()
+    with file_lock(lock_path(path)):
+        if path.is_file():  # written while this process waited
+            return read()
+        return compute()
+
+
 def save_tensors_atomically(tensors: dict[str, Any], path: Path) -> None:
     """Write a safetensors file so that no reader ever sees half of it: concurrent writers
     (sweep workers computing the same thing) each write their own file, then one atomic

@@ -224,6 +224,12 @@ def test_each_finished_cell_leaves_a_result_file_with_what_ran_came_out_and_wher
         assert record["eval_wall_s"] > 0
     assert records[("minimax-swept", 1)]["lambda_r"] == 0.03
     assert records[("dit", 1)]["method"] == "dit"
+    assert records[("dit", 1)]["sampler"] == {
+        "steps": 5,
+        "scheduler": "ddpm",
+        "guidance_scale": 2.0,
+    }
+    assert records[("random", 1)]["sampler"] is None  # real images: no sampler
     moded = records[("minimax+mode", 1)]
     assert (moded["method"], moded["composition"], moded["lambda_r"]) == (
         "minimax",

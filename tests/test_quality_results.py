@@ -73,6 +73,16 @@ def test_sources_name_minimax_weights_only_where_they_are_not_the_published_ones
     assert "(lambda_r 0.002, lambda_d 0.008)" in render_sources([plugin])
 
 
+def test_sources_name_sampler_settings_only_where_they_are_not_the_defaults() -> None:
+    sampler = {"steps": 50, "scheduler": "ddpm", "guidance_scale": 2.0}
+    default = record("dit", 10, 72.6, 0.3) | {"sampler": sampler}
+    longer = record("dit", 10, 72.6, 0.3) | {"sampler": sampler | {"steps": 250}}
+    unguided = record("dit", 10, 72.6, 0.3) | {"sampler": sampler | {"guidance_scale": 1.0}}
+    assert "dit at IPC 10: Some CPU" in render_sources([default])
+    assert "dit at IPC 10 (250 DDPM steps): " in render_sources([longer])
+    assert "dit at IPC 10 (guidance scale 1): " in render_sources([unguided])
+
+
 def test_replace_block_sets_the_lines_between_the_markers_and_needs_exactly_one_block() -> None:
     text = "a\n<!-- q -->\nold\n<!-- /q -->\nb\n"
     assert replace_block(text, "q", "new") == "a\n<!-- q -->\nnew\n<!-- /q -->\nb\n"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mdd.cache import save_tensors_atomically
+from mdd.cache import computed_once, save_tensors_atomically
 from mdd.config import Config
 from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
@@ -116,33 +116,53 @@ def judge_identity(config: Config, fingerprint: str) -> dict[str, str] | None:
 
 def load_judge(data: DatasetSplits, config: Config, device: torch.device) -> Judge:
     """The judge of ``config``'s dataset: read from the cache, else from the shipped
-    judge of the same settings, else trained once and cached."""
-    protocol = judge_protocol(config)
-    name = JUDGE_NETWORKS[config.data.dataset]
-    train = data.train
-    channels = train.images.shape[1]
-    size = protocol.image_size or train.images.shape[-1]
+    judge of the same settings, else trained once (under its lock: sweep workers that miss
+    the cache together train it once) and cached."""
     cache = judge_cache_path(config, data.fingerprint)
-    num_classes = len(data.class_names)
-    weights = cache if cache.is_file() else shipped_judge(config, data.fingerprint)
-    if weights is not None:
-        network = create_network(name, num_classes, channels, size).to(device)
-        network.load_state_dict(load_file(str(weights)))
-        return Judge(network.eval(), protocol, device)
+    shipped = None if cache.is_file() else shipped_judge(config, data.fingerprint)
+    if shipped is not None:
+        return _read_judge(shipped, data, config, device)
+
+    def compute() -> Judge:
+        network = _train_judge(data, config, device)
+        save_tensors_atomically(network.state_dict(), cache)
+        return Judge(network.eval(), judge_protocol(config), device)
+
+    return computed_once(cache, lambda: _read_judge(cache, data, config, device), compute)
+
+
+def _read_judge(weights: Path, data: DatasetSplits, config: Config, device: torch.device) -> Judge:
+    protocol = judge_protocol(config)
+    network = judge_network(data, config).to(device)
+    network.load_state_dict(load_file(str(weights)))
+    return Judge(network.eval(), protocol, device)
+
+
+def judge_network(data: DatasetSplits, config: Config) -> torch.nn.Module:
+    """An untrained network of the judge's architecture for ``data`` (influence guidance
+    trains its trajectory on the same one)."""
+    images = data.train.images
+    size = judge_protocol(config).image_size or images.shape[-1]
+    name = JUDGE_NETWORKS[config.data.dataset]
+    return create_network(name, len(data.class_names), images.shape[1], size)
+
+
+def _train_judge(data: DatasetSplits, config: Config, device: torch.device) -> torch.nn.Module:
+    protocol = judge_protocol(config)
+    train = data.train
     if config.judge.per_class is not None:
         train = train.select(per_class_index(train.labels, config.judge.per_class, JUDGE_SEED))
-    network = train_network(
-        name,
+    size = protocol.image_size or train.images.shape[-1]
+    return train_network(
+        JUDGE_NETWORKS[config.data.dataset],
         resize_images(train.images, size),
         train.labels,
         protocol=protocol,
-        num_classes=num_classes,
+        num_classes=len(data.class_names),
         seed=JUDGE_SEED,
         device=device,
         progress=True,
     )
-    save_tensors_atomically(network.state_dict(), cache)  # sweep workers may race here
-    return Judge(network.eval(), protocol, device)
 
 
 def train_features(judge: Callable[[], Judge], data: DatasetSplits, config: Config) -> torch.Tensor:

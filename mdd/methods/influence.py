@@ -39,14 +39,13 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from mdd.cache import digest, save_tensors_atomically
+from mdd.cache import computed_once, digest, save_tensors_atomically
 from mdd.config import Config, InfluenceGuidanceConfig
 from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
 from mdd.diffusion.sampling import StepState
 from mdd.errors import DataError
-from mdd.eval.judge import JUDGE_NETWORKS, JUDGE_SEED, judge_protocol
-from mdd.eval.networks import create_network
+from mdd.eval.judge import JUDGE_NETWORKS, JUDGE_SEED, judge_network, judge_protocol
 from mdd.eval.protocols import Protocol
 from mdd.eval.train import train_trajectory
 
@@ -217,21 +216,36 @@ def load_trajectory(
     """The surrogate trajectory of ``config``'s dataset: from the cache, or trained on the
     training split once and cached (with its real gradients)."""
     protocol = judge_protocol(config)
-    train = data.train
-    classes = len(data.class_names)
-    size = protocol.image_size or train.images.shape[-1]
-    network = create_network(
-        JUDGE_NETWORKS[config.data.dataset], classes, train.images.shape[1], size
-    ).to(device)
-    network.eval()
+    network = judge_network(data, config).to(device).eval()  # the judge's architecture
     path = trajectory_path(config, cfg, data.fingerprint)
-    if path.is_file():
+
+    def read() -> Trajectory:
         stored = load_file(str(path), device=str(device))
         checkpoints = [
             {k.split(".", 1)[1]: v for k, v in stored.items() if k.startswith(f"{i}.")}
             for i in range(len(cfg.checkpoints))
         ]
         return Trajectory(network, checkpoints, stored["real"], protocol)
+
+    def compute() -> Trajectory:
+        return _train_trajectory(network, data, config, cfg, device, path)
+
+    return computed_once(path, read, compute)
+
+
+def _train_trajectory(
+    network: nn.Module,
+    data: DatasetSplits,
+    config: Config,
+    cfg: InfluenceGuidanceConfig,
+    device: torch.device,
+    path: Path,
+) -> Trajectory:
+    """Train the trajectory's checkpoints, take the real gradients at each, write ``path``."""
+    protocol = judge_protocol(config)
+    train = data.train
+    classes = len(data.class_names)
+    size = protocol.image_size or train.images.shape[-1]
     checkpoints = train_trajectory(
         JUDGE_NETWORKS[config.data.dataset],
         resize_images(train.images, size),
@@ -253,7 +267,7 @@ def load_trajectory(
         [class_gradients(network, params, inputs, labels, classes) for params in checkpoints]
     )
     stored = {f"{i}.{k}": v for i, params in enumerate(checkpoints) for k, v in params.items()}
-    save_tensors_atomically({**stored, "real": real}, path)  # sweep workers may race here
+    save_tensors_atomically({**stored, "real": real}, path)
     return Trajectory(network, checkpoints, real, protocol)
 
 
