@@ -178,7 +178,29 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the stage plan and what is cached"
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes on this machine (torchrun): the fine-tune and the sampling split "
+        "over them, one GPU each where there are GPUs",
+    )
     return parser
+
+
+def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
+    """``mdd-run ARGS --nproc N`` as the torchrun command that starts its N processes."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, f"--nproc_per_node={nproc}", "-m", "mdd.run", *rest]
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
@@ -247,7 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
-    return _guarded(_cmd_run, _run_parser().parse_args(argv))
+    args = _run_parser().parse_args(argv)
+    if args.nproc < 1:
+        print("mdd-run: error: --nproc must be at least 1", file=sys.stderr)
+        return 2
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        command = torchrun_command(args.nproc, sys.argv[1:] if argv is None else list(argv))
+        return subprocess.run(command).returncode
+    return _guarded(_cmd_run, args)
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:

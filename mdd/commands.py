@@ -15,8 +15,10 @@ from mdd.cache import claim
 from mdd.config import Config
 from mdd.core import Core
 from mdd.data.load import load_dataset
+from mdd.distributed import join_world, leave_world
 from mdd.errors import MddError
 from mdd.eval.judge import judge_cache_path, load_judge
+from mdd.follow import follow
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import base_stage, format_plan, plan
 from mdd.runtime import pick_device
@@ -36,14 +38,29 @@ def format_summary(result: RunResult) -> str:
 
 
 def run_experiment(config: Config, config_path: str, dry_run: bool = False) -> int:
-    """``mdd-run``: one parent MLflow run with a nested run per stage."""
-    core = Core.load(config)
-    print(format_plan(plan(config, core.data.fingerprint)))
-    if dry_run:
+    """``mdd-run``: one parent MLflow run with a nested run per stage.
+
+    Under torchrun, rank 0 runs it and the other ranks follow (``mdd.follow``) until rank 0
+    ends the run, whether it finished or failed.
+    """
+    world = join_world()
+    try:
+        core = Core.load(config, world)
+        if not world.main:
+            follow(core, config)
+            return 0
+        try:
+            print(format_plan(plan(config, core.data.fingerprint)))
+            if dry_run:
+                return 0
+            tags = {"mdd.config_file": config_path}
+            result = run_with_core(core, config, Tracker(config.tracking), tags)
+        finally:
+            world.broadcast(None)
+        print(format_summary(result))
         return 0
-    result = run_with_core(core, config, Tracker(config.tracking), {"mdd.config_file": config_path})
-    print(format_summary(result))
-    return 0
+    finally:
+        leave_world()
 
 
 def pretrain_only(config: Config, export: str | None = None) -> Path:

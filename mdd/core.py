@@ -24,6 +24,7 @@ from mdd.diffusion.base import (
     load_pretrained_base,
     prepare_trainable,
 )
+from mdd.distributed import ALONE, World
 from mdd.runtime import pick_device
 from mdd.stages import MetricLogger
 from mdd.stages.pretrain import pretrain_base
@@ -60,6 +61,7 @@ class Core:
     config: Config
     device: torch.device
     data: DatasetSplits
+    world: World = ALONE  # the processes of a torchrun run
     loads: dict[str, int] = field(default_factory=dict)  # how often each part was loaded
     # The last base as loaded and its latents, by the pretrain stage's key and the latents'
     # flip (a shipped base's key does not hold it).
@@ -68,8 +70,8 @@ class Core:
     _base: tuple[tuple[str, bool, bool, bool], LoadedBase] | None = None
 
     @classmethod
-    def load(cls, config: Config) -> Core:
-        core = cls(config, pick_device(config.device), load_dataset(config.data))
+    def load(cls, config: Config, world: World | None = None) -> Core:
+        core = cls(config, pick_device(config.device), load_dataset(config.data), world or ALONE)
         core.loads["data"] = 1
         return core
 

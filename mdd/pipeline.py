@@ -10,6 +10,7 @@ import MLflow: they get a ``log(metrics, step)`` callable.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mdd.config import Config
 from mdd.core import Core
@@ -45,7 +46,7 @@ def execute(
     """
     seed_everything(config.seed)
     stages = Stages(plan(config, core.data.fingerprint), tracker, parent, until)
-    data, device = core.data, core.device
+    data, device, world = core.data, core.device, core.world
     if config.generative:
         with stages.run("pretrain") as step:
             base = core.base(step.claim, config, step.log)
@@ -57,22 +58,23 @@ def execute(
                     {f"difffit.{k}": v for k, v in base.trainable.selection.items()}
                 )
                 step.run.log_params({"finetune": tuning.model_dump(mode="json")})
-                tuned = step.get(
-                    lambda folder: finetune(
-                        base.trainable, base.latents, tuning, config.seed, folder, device, step.log
-                    ),
-                    lambda folder: read_finetuned(folder, device),
-                )
+
+                def tune(folder: Path) -> None:
+                    world.lead("finetune", folder)  # the other ranks train beside this one
+                    finetune(base.trainable, base.latents, tuning, config.seed, folder, device,
+                             step.log, world)  # fmt: skip
+
+                tuned = step.get(tune, lambda folder: read_finetuned(folder, device))
                 step.record(tuned.summary.metrics())
             weights, source = tuned.weights, tuned.path
         with stages.run("sample") as step:  # the set, or with a selection its candidates
-            sampled = step.get(
-                lambda folder: sample_surrogate(
-                    base.model, weights, source, base.latents, data, config,
-                    folder, device,
-                ),
-                read_sampled,
-            )  # fmt: skip
+
+            def sample(folder: Path) -> None:
+                world.lead("sample", folder, source)  # each rank samples its classes
+                sample_surrogate(base.model, weights, source, base.latents, data, config,
+                                 folder, device, world)  # fmt: skip
+
+            sampled = step.get(sample, read_sampled)
             step.record(sampled.metrics)
             step.run.log_artifact(sampled.path / "grid.png")
             step.run.log_artifact(sampled.path, "surrogate")
@@ -130,6 +132,7 @@ def run_with_core(
     the provenance tags.
     """
     tags = provenance_tags(config, core.data.fingerprint, str(core.device)) | tags
+    tags["mdd.world_size"] = str(core.world.size)
     with tracker.run(config.name, tags=tags) as parent:
         parent.log_params(config.to_dict())
         parent.log_config(config)

@@ -100,8 +100,13 @@ def sample_latents(
     guided_channels: int | None = None,
     weights: Mapping[str, torch.Tensor] | None = None,
     steer: Steer | None = None,
+    first_index: int = 0,
 ) -> torch.Tensor:
     """Sample one latent per label; returns float32 ``[N, C, H, W]`` on the CPU.
+
+    Item ``i`` draws its noise from ``item_generator(seed, first_index + i)``: a rank that
+    samples a shard of a larger call's labels (``mdd.distributed``) gives its shard's first
+    index there and gets that call's images of its items.
 
     ``guidance_scale`` 1 runs the conditional model only; above 1 each batch is doubled with
     the null class (``model.config.num_embeds_ada_norm``) and the eps channels are guided as
@@ -152,7 +157,8 @@ def sample_latents(
             starts = range(0, len(labels), batch_size)
             for start in progress_bar(starts, desc="sampling", unit="batch", disable=not progress):
                 stop = min(start + batch_size, len(labels))
-                generators = [item_generator(seed, index) for index in range(start, stop)]
+                items = range(first_index + start, first_index + stop)
+                generators = [item_generator(seed, index) for index in items]
                 batch = labels[start:stop].to(device)
                 x = _sample_batch(
                     denoise, noise_scheduler, batch, generators, latent_shape, guide,

@@ -32,6 +32,7 @@ from mdd.diffusion.training import (
     save_checkpoint,
     update_ema,
 )
+from mdd.distributed import ALONE, World
 from mdd.minimax import MinimaxCriteria
 from mdd.progress import progress_bar
 from mdd.runtime import autocast
@@ -74,8 +75,16 @@ def finetune(
     folder: Path,
     device: torch.device,
     log: MetricLogger,
-) -> FinetuneSummary:
+    world: World = ALONE,
+) -> FinetuneSummary | None:
     """Fine-tune from the base's initial weights; write ``folder/ema.safetensors``.
+
+    Split over a ``world`` (torchrun), every rank draws the same global batch of
+    ``cfg.batch_size`` (one generator, one seed) and trains on its shard; gradients are
+    averaged over the ranks, so the step is the one-process step of the global batch. Each
+    rank keeps its own minimax memories of its shards, as the reference code's DDP ranks
+    do. Rank 0 keeps the EMA, logs, checkpoints and writes the result; the others return
+    None.
 
     Dataset labels reach the backbone as its class ids (``base.class_ids``: the identity
     for a base pretrained by mdd; ImageNet indices for DiT-XL/2). The length is
@@ -89,6 +98,7 @@ def finetune(
     model = base.transformer
     params = {name: t.clone().requires_grad_(True) for name, t in trainable.initial.items()}
     ema = {name: p.detach().clone() for name, p in params.items()}
+    local = world.shard(cfg.batch_size)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     criteria = MinimaxCriteria(base.num_classes, cfg.memory_size, cfg.lambda_r, cfg.lambda_d)
     schedule = NoiseSchedule().to(device)
@@ -103,14 +113,15 @@ def finetune(
     last_time, last_step = time.perf_counter(), start
     for step in progress_bar(range(start, total), desc="fine-tune", initial=start, total=total):
         index = torch.randint(count, (cfg.batch_size,), generator=generator)
-        x0 = latents.sample(index, generator).to(device)
-        classes = latents.labels[index].to(device)
+        x0 = latents.sample(index, generator)
+        classes = latents.labels[index]
         t = schedule.sample_timesteps(cfg.batch_size, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        dropped = drop_labels(
-            label_map[classes].cpu(), base.null_class, cfg.label_dropout, generator
+        noise = torch.randn(x0.shape, generator=generator)
+        dropped = drop_labels(label_map[classes.to(device)].cpu(), base.null_class,
+                              cfg.label_dropout, generator)  # fmt: skip
+        x0, classes, t, noise, dropped = (
+            v[local].to(device) for v in (x0, classes, t, noise, dropped)
         )
-        t, dropped = t.to(device), dropped.to(device)
         x_t = schedule.add_noise(x0, t, noise)
         with autocast(device):
             output = predict(model, x_t, t, dropped, params)
@@ -120,36 +131,44 @@ def finetune(
         predicted = predicted_x0(output, x_t, t, schedule)
         minimax = criteria(predicted, x0, classes)
         loss = terms.total + minimax.representativeness + minimax.diversity
-        check_finite(loss, step)
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        world.average_gradients(params.values())
+        # Over the world, so that a NaN on one rank stops every rank at the same step.
+        check_finite(world.mean_tensor(loss.detach()), step)
         optimizer.step()
-        update_ema(ema, params, decay)
+        if world.main:
+            update_ema(ema, params, decay)
 
         done = step + 1
         if done % 10 == 0 or done == total:
             now = time.perf_counter()
             rate = (done - last_step) / max(now - last_time, 1e-9)
             last_time, last_step = now, done
-            metrics = {
+            losses = {
                 "finetune/loss": loss.item(),
                 "finetune/diffusion_loss": terms.total.item(),
                 "finetune/mse": terms.mse.item(),
                 "finetune/vb": terms.vb.item(),
                 "finetune/representativeness": minimax.representativeness.item(),
                 "finetune/diversity": minimax.diversity.item(),
+            }
+            metrics = world.mean(losses) | {
                 "finetune/lr": cfg.lr,
                 "finetune/steps_per_s": rate,
                 "finetune/ema_base_share": decay**done,
             }
-            log(metrics, done)
-        if done % cfg.checkpoint_every_steps == 0 and done < total:
+            if world.main:
+                log(metrics, done)
+        if done % cfg.checkpoint_every_steps == 0 and done < total and world.main:
             trained = {k: v.detach() for k, v in params.items()}
             state = TrainState(done, trained, ema, optimizer.state_dict(), generator.get_state())
             save_checkpoint(checkpoints, state)
 
     model.eval()
+    if not world.main:
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in ema.items()}, folder / "ema.safetensors"

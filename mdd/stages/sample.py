@@ -23,6 +23,7 @@ from mdd.data.latents import LatentSet
 from mdd.data.surrogate import write_surrogate
 from mdd.diffusion.base import BaseModel
 from mdd.diffusion.sampling import Steer, make_labels, sample_latents
+from mdd.distributed import ALONE, World
 from mdd.methods import GUIDANCES, ROUNDS, SamplingContext
 from mdd.runtime import autocast_dtype
 from mdd.stages import surrogate_manifest
@@ -38,9 +39,11 @@ def generate_images(
     device: torch.device,
     weights: Mapping[str, torch.Tensor] | None = None,
     steer: Steer | None = None,
+    first_index: int = 0,
 ) -> torch.Tensor:
     """Decoded uint8 images, one per dataset label, from the base with ``weights`` in place
-    of its own trained tensors (the base as it is when None), ``steer`` adjusting each step."""
+    of its own trained tensors (the base as it is when None), ``steer`` adjusting each step;
+    ``labels`` are the call's items from ``first_index`` on (a rank's shard)."""
     latents = sample_latents(
         base.transformer,
         base.class_ids[labels],
@@ -56,6 +59,7 @@ def generate_images(
         progress=True,
         weights=weights,
         steer=steer,
+        first_index=first_index,
     )
     return base.autoencoder.decode_batched(latents, cfg.batch_size, device)
 
@@ -77,10 +81,16 @@ def sample_surrogate(
     config: Config,
     folder: Path,
     device: torch.device,
-) -> Sampled:
+    world: World = ALONE,
+) -> Sampled | None:
     """Write ``folder/data``: IPC generated images per class (``oversample`` x IPC with a
     selection), sampled with ``weights`` (read from ``source``); ``latents`` (the real
-    training latents) and ``data`` are what a guidance plug-in may read."""
+    training latents) and ``data`` are what a guidance plug-in may read.
+
+    Split over a ``world`` (torchrun), each rank samples a shard of the classes with the
+    items' own seeds, and rank 0 writes the set the one-process call writes; the others
+    return None. A guidance samples on rank 0 alone: it may read every class's samples.
+    """
     sample = config.sample
     per_class = sample.ipc * (config.selection.oversample if config.selection else 1)
     labels = make_labels(base.num_classes, per_class)
@@ -97,7 +107,14 @@ def sample_surrogate(
         steer = GUIDANCES[sample.guidance.kind](sample.guidance, context)
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
-    images = generate_images(base, labels, settings, config.set_seed(), device, weights, steer)
+    if steer is None and world.split:
+        images = _sample_shards(base, labels, settings, config.set_seed(), device, weights, world)
+        if images is None:
+            return None
+    elif world.main:
+        images = generate_images(base, labels, settings, config.set_seed(), device, weights, steer)
+    else:
+        return None
     sampling_s = time.perf_counter() - started - setup_s
     order = torch.argsort(labels, stable=True)  # the set is written class-major
     images, labels = images[order], labels[order]
@@ -110,6 +127,27 @@ def sample_surrogate(
     }
     (folder / COST_FILE).write_text(json.dumps(cost, indent=2))
     return Sampled(folder / "data", cost)
+
+
+def _sample_shards(
+    base: BaseModel,
+    labels: torch.Tensor,
+    cfg: SampleConfig,
+    seed: int,
+    device: torch.device,
+    weights: Mapping[str, torch.Tensor] | None,
+    world: World,
+) -> torch.Tensor | None:
+    """This rank's classes of the class-major ``labels`` sampled, all ranks' images on
+    rank 0 in label order (None on the others)."""
+    classes = world.shard(base.num_classes)
+    items = torch.nonzero((labels >= classes.start) & (labels < classes.stop)).flatten()
+    mine = None  # a world of more ranks than classes leaves some ranks without one
+    if len(items):
+        first = int(items[0])
+        mine = generate_images(base, labels[items], cfg, seed, device, weights, first_index=first)
+    shards = world.gather(None if mine is None else mine.cpu())
+    return None if shards is None else torch.cat([s for s in shards if s is not None])
 
 
 def round_major(labels: torch.Tensor) -> torch.Tensor:
