@@ -229,6 +229,8 @@ def result_hash(config: Config, fingerprint: str) -> str:
     picked["data"] = {k: v for k, v in data["data"].items() if k not in WHERE_DATA_KEYS}
     if picked["sample"].get("seed") is None:  # files from before sample.seed keep their hash
         picked["sample"].pop("seed", None)
+    if picked["data"].get("phases") == 1:  # nor those from before data.phases
+        picked["data"].pop("phases")
     blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

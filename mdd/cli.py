@@ -120,7 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     from mdd.commands import run_experiment
 
-    return run_experiment(config, config_path=args.config, dry_run=args.dry_run)
+    return run_experiment(config, config_path=args.config, dry_run=args.dry_run, phase=args.phase)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -185,6 +185,14 @@ def _run_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes on this machine (torchrun): the fine-tune and the sampling split "
         "over them, one GPU each where there are GPUs",
+    )
+    parser.add_argument(
+        "--phase",
+        type=int,
+        default=None,
+        metavar="I",
+        help="with data.phases: fine-tune and sample class phase I alone (an array task); "
+        "a run without --phase merges the phases and evaluates",
     )
     return parser
 

@@ -29,20 +29,28 @@ BASE_PARTS = ("autoencoder", "transformer", "base.json")  # what a base folder h
 
 
 def format_summary(result: RunResult) -> str:
-    lines = [f"{'stage':<10} {'cached':<7} {'wall s':>8}"]
+    lines = [f"{'stage':<16} {'cached':<7} {'wall s':>8}"]
     for name, info in result.stages.items():
-        lines.append(f"{name:<10} {str(info['cached']):<7} {info['wall_s']:>8.1f}")
+        lines.append(f"{name:<16} {str(info['cached']):<7} {info['wall_s']:>8.1f}")
     for name, value in sorted(result.metrics.items()):
         lines.append(f"{name:<32} {value:.4f}")
     return "\n".join(lines)
 
 
-def run_experiment(config: Config, config_path: str, dry_run: bool = False) -> int:
+def run_experiment(
+    config: Config, config_path: str, dry_run: bool = False, phase: int | None = None
+) -> int:
     """``mdd-run``: one parent MLflow run with a nested run per stage.
 
     Under torchrun, rank 0 runs it and the other ranks follow (``mdd.follow``) until rank 0
-    ends the run, whether it finished or failed.
+    ends the run, whether it finished or failed. ``phase`` runs one class phase's stages.
     """
+    phases = config.data.phases
+    if phase is not None and not (phases > 1 and 0 <= phase < phases):
+        raise MddError(
+            f"--phase {phase}: the config has data.phases {phases}; --phase names one of "
+            "the phases 0 to data.phases - 1. Hint: set data.phases, or leave --phase out."
+        )
     world = join_world()
     try:
         core = Core.load(config, world)
@@ -54,7 +62,8 @@ def run_experiment(config: Config, config_path: str, dry_run: bool = False) -> i
             if dry_run:
                 return 0
             tags = {"mdd.config_file": config_path}
-            result = run_with_core(core, config, Tracker(config.tracking), tags)
+            tracker = Tracker(config.tracking)
+            result = run_with_core(core, config, tracker, tags, only_phase=phase)
         finally:
             world.broadcast(None)
         print(format_summary(result))

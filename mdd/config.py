@@ -49,6 +49,9 @@ class DataConfig(Section):
     split_seed: int = 0
     on_corrupt: Literal["skip", "fail"] = "skip"
     download_dir: Path = Path("runs/data")
+    # Fine-tune and sample in K groups of consecutive classes, each its own stages and key
+    # (the reference code's --phase), merged into one set; 1: every class at once.
+    phases: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _subset_needs_folders(self) -> DataConfig:
@@ -319,6 +322,16 @@ class Config(Section):
             raise ValueError(
                 f"selection picks among generated candidates; method {self.method} selects "
                 "real images itself. Hint: remove selection, or use minimax, dit or base."
+            )
+        if self.data.phases > 1 and not self.generative:
+            raise ValueError(
+                f"data.phases splits the fine-tune and the sampling; method {self.method} "
+                "has neither. Hint: remove data.phases, or use minimax, dit or base."
+            )
+        if self.data.phases > 1 and self.sample.guidance is not None:
+            raise ValueError(
+                "data.phases with a guidance: a guidance reads every class's samples, and a "
+                "phase samples only its own classes. Hint: remove one of the two."
             )
         return self
 

@@ -21,6 +21,14 @@ import torch
 import torch.distributed as dist
 
 
+def share(items: int, index: int, parts: int) -> slice:
+    """Part ``index`` of ``items`` cut into ``parts`` contiguous parts: the first
+    ``items % parts`` take one more, so every item has one part."""
+    base, extra = divmod(items, parts)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (index < extra))
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the run's processes; ``World()`` is a run on its own."""
@@ -37,11 +45,8 @@ class World:
         return self.size > 1
 
     def shard(self, items: int) -> slice:
-        """This rank's contiguous part of ``items`` (a global batch, a list of classes):
-        the first ``items % size`` ranks take one more, so every item has one rank."""
-        base, extra = divmod(items, self.size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
+        """This rank's contiguous part of ``items`` (a global batch, a list of classes)."""
+        return share(items, self.rank, self.size)
 
     def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
         """Every tensor's ``.grad`` replaced by its mean over the ranks, in one all-reduce

@@ -42,16 +42,26 @@ def follow(core: Core, config: Config) -> None:
             print(f"mdd: rank {world.rank}: {exc}", file=sys.stderr)
 
 
-def _finetune(core: Core, config: Config, base: LoadedBase, folder: Path) -> None:
+def _finetune(
+    core: Core, config: Config, base: LoadedBase, folder: Path, classes: range | None
+) -> None:
     tuning = config.effective_finetune()
-    finetune(base.trainable, base.latents, tuning, config.seed, folder, core.device, _quiet,
+    latents = base.latents if classes is None else base.latents.of_classes(classes)
+    finetune(base.trainable, latents, tuning, config.seed, folder, core.device, _quiet,
              core.world)  # fmt: skip
 
 
-def _sample(core: Core, config: Config, base: LoadedBase, folder: Path, source: Path | None):
+def _sample(
+    core: Core,
+    config: Config,
+    base: LoadedBase,
+    folder: Path,
+    source: Path | None,
+    classes: range | None,
+) -> None:
     weights = None if source is None else read_finetuned(source.parent, core.device).weights
     sample_surrogate(base.model, weights, source, base.latents, core.data, config, folder,
-                     core.device, core.world)  # fmt: skip
+                     core.device, core.world, classes)  # fmt: skip
 
 
 def _quiet(metrics: dict[str, float], step: int) -> None:

@@ -13,14 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mdd.config import Config
-from mdd.core import Core
+from mdd.core import Core, LoadedBase
+from mdd.phases import Phase, class_phases, merge_phases
 from mdd.plan import plan
 from mdd.runtime import seed_everything
 from mdd.stageruns import RunResult, Stages
 from mdd.stages.diagnose import diagnose_surrogate, read_diagnostics
 from mdd.stages.evaluate import RESULTS_FILE, evaluate_surrogate, read_results
 from mdd.stages.finetune import finetune, read_finetuned
-from mdd.stages.sample import read_sampled, sample_surrogate
+from mdd.stages.sample import Sampled, read_sampled, sample_surrogate
 from mdd.stages.select import select_candidates, select_surrogate
 from mdd.tracking import RunHandle, Tracker, provenance_tags
 from mdd.ui import headline_metrics
@@ -36,6 +37,7 @@ def execute(
     parent: RunHandle,
     report: Callable[[int, float], None] | None = None,
     until: str | None = None,
+    only_phase: int | None = None,
 ) -> RunResult:
     """Run every stage of ``config`` under ``parent``; cached stages are reused, not rerun.
 
@@ -43,41 +45,30 @@ def execute(
     diagnostics, no evaluation). ``report(epoch, acc)`` hears the evaluation accuracies
     as they come (a sweep's pruner). The metrics include the compute time of each stage
     (``wall_s/<stage>``) and ``distill_wall_s``, the paper's distillation time.
+    ``only_phase`` runs the base and that class phase's stages alone (``data.phases``).
     """
     seed_everything(config.seed)
     stages = Stages(plan(config, core.data.fingerprint), tracker, parent, until)
-    data, device, world = core.data, core.device, core.world
+    data, device = core.data, core.device
     if config.generative:
         with stages.run("pretrain") as step:
             base = core.base(step.claim, config, step.log)
-        weights, source = None, None  # `base` samples the pretrained model as it is
-        if stages.wants("finetune"):
-            with stages.run("finetune") as step:
-                tuning = config.effective_finetune()
-                step.run.log_params(
-                    {f"difffit.{k}": v for k, v in base.trainable.selection.items()}
+        parts = [
+            _tune_and_sample(stages, core, config, base, phase)
+            for phase in class_phases(config)
+            if only_phase is None or phase.index == only_phase
+        ]
+        if only_phase is not None:  # one phase's stages, as an array task runs them
+            return _finish(stages.result)
+        sampled = parts[0]
+        if len(parts) > 1:
+            with stages.run("sample") as step:  # the phases' sets as one
+                sampled = step.get(
+                    lambda folder: merge_phases(parts, data, config, folder), read_sampled
                 )
-                step.run.log_params({"finetune": tuning.model_dump(mode="json")})
-
-                def tune(folder: Path) -> None:
-                    world.lead("finetune", folder)  # the other ranks train beside this one
-                    finetune(base.trainable, base.latents, tuning, config.seed, folder, device,
-                             step.log, world)  # fmt: skip
-
-                tuned = step.get(tune, lambda folder: read_finetuned(folder, device))
-                step.record(tuned.summary.metrics())
-            weights, source = tuned.weights, tuned.path
-        with stages.run("sample") as step:  # the set, or with a selection its candidates
-
-            def sample(folder: Path) -> None:
-                world.lead("sample", folder, source)  # each rank samples its classes
-                sample_surrogate(base.model, weights, source, base.latents, data, config,
-                                 folder, device, world)  # fmt: skip
-
-            sampled = step.get(sample, read_sampled)
-            step.record(sampled.metrics)
-            step.run.log_artifact(sampled.path / "grid.png")
-            step.run.log_artifact(sampled.path, "surrogate")
+                step.record(sampled.metrics)
+                step.run.log_artifact(sampled.path / "grid.png")
+                step.run.log_artifact(sampled.path, "surrogate")
         surrogate = sampled.path
         if stages.wants("select"):
             with stages.run("select") as step:
@@ -113,9 +104,55 @@ def execute(
             step.record(results)
             for path in sorted(step.folder.glob("*.png")) + [step.folder / RESULTS_FILE]:
                 step.run.log_artifact(path)
-    metrics = stages.result.metrics
-    metrics["distill_wall_s"] = sum(metrics.get(f"wall_s/{n}", 0.0) for n in DISTILL_STAGES)
-    return stages.result
+    return _finish(stages.result)
+
+
+def _tune_and_sample(
+    stages: Stages, core: Core, config: Config, base: LoadedBase, phase: Phase
+) -> Sampled:
+    """A phase's fine-tune (none for ``base``) and the set (or pool) sampled with it."""
+    world, device = core.world, core.device
+    classes = phase.classes(base.model.num_classes)
+    weights, source = None, None  # `base` samples the pretrained model as it is
+    if stages.wants(phase.finetune):
+        with stages.run(phase.finetune) as step:
+            tuning = config.effective_finetune()
+            step.run.log_params({f"difffit.{k}": v for k, v in base.trainable.selection.items()})
+            step.run.log_params({"finetune": tuning.model_dump(mode="json")})
+            latents = phase.latents(base.latents, base.model.num_classes)
+
+            def tune(folder: Path) -> None:
+                world.lead("finetune", folder, classes)  # the other ranks train beside this one
+                finetune(base.trainable, latents, tuning, config.seed, folder, device, step.log,
+                         world)  # fmt: skip
+
+            tuned = step.get(tune, lambda folder: read_finetuned(folder, device))
+            step.record({phase.prefix + k: v for k, v in tuned.summary.metrics().items()})
+        weights, source = tuned.weights, tuned.path
+    with stages.run(phase.sample) as step:  # the set, or with a selection its candidates
+
+        def sample(folder: Path) -> None:
+            world.lead("sample", folder, source, classes)  # each rank samples its classes
+            sample_surrogate(base.model, weights, source, base.latents, core.data, config,
+                             folder, device, world, classes)  # fmt: skip
+
+        sampled = step.get(sample, read_sampled)
+        step.record({phase.prefix + k: v for k, v in sampled.metrics.items()})
+        step.run.log_artifact(sampled.path / "grid.png")
+        if phase.whole:  # a phase's part is logged with the merged set
+            step.run.log_artifact(sampled.path, "surrogate")
+    return sampled
+
+
+def _finish(result: RunResult) -> RunResult:
+    """The run's distillation time: its fine-tunes and samplings (every phase's)."""
+    metrics = result.metrics
+    metrics["distill_wall_s"] = sum(
+        value
+        for name, value in list(metrics.items())
+        if name.startswith("wall_s/") and name[7:].split("-")[0] in DISTILL_STAGES
+    )
+    return result
 
 
 def run_with_core(
@@ -124,6 +161,7 @@ def run_with_core(
     tracker: Tracker,
     tags: dict[str, str],
     until: str | None = None,
+    only_phase: int | None = None,
 ) -> RunResult:
     """One top-level MLflow run of ``config`` on an already loaded core, as ``mdd-run`` records it.
 
@@ -133,9 +171,11 @@ def run_with_core(
     """
     tags = provenance_tags(config, core.data.fingerprint, str(core.device)) | tags
     tags["mdd.world_size"] = str(core.world.size)
+    if only_phase is not None:
+        tags["mdd.phase"] = str(only_phase)
     with tracker.run(config.name, tags=tags) as parent:
         parent.log_params(config.to_dict())
         parent.log_config(config)
-        result = execute(core, config, tracker, parent, until=until)
+        result = execute(core, config, tracker, parent, until=until, only_phase=only_phase)
         parent.log_metrics(result.metrics | headline_metrics(result.metrics))
     return result

@@ -12,6 +12,7 @@ from mdd.cache import Stage, digest, folder_identity
 from mdd.config import Config
 from mdd.errors import MddError
 from mdd.eval.judge import judge_cache_path
+from mdd.phases import class_phases
 
 
 def base_key(config: Config, fingerprint: str) -> str:
@@ -51,23 +52,30 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     if config.generative:
         base = base_stage(config, fingerprint)
         stages.append(base)
-        if config.method == "base":  # sampled as pretrained: the data only shapes guidance
-            tune = digest("untuned", base.key, fingerprint, config.data.image_size)
-        else:
-            tuned = config.effective_finetune().model_dump(mode="json")
-            tune = digest(base.key, fingerprint, config.data.image_size, tuned, config.seed)
-            stages.append(Stage("finetune", tune, root / "finetune" / tune))
         # exclude_none: settings added later with a None default keep earlier keys valid.
         sampling = config.sample.model_dump(mode="json", exclude_none=True)
-        if config.selection is None:
-            made = digest(tune, sampling, config.seed)
+        # One candidate pool serves every selection rule with the same oversampling.
+        pool = () if config.selection is None else ({"oversample": config.selection.oversample},)
+        parts = []
+        for phase in class_phases(config):
+            # A phase's keys say which phase, so one phase's stages never stand for another's.
+            which = () if phase.whole else ({"phase": phase.index, "phases": phase.count},)
+            if config.method == "base":  # sampled as pretrained: the data only shapes guidance
+                tune = digest("untuned", base.key, fingerprint, config.data.image_size)
+            else:
+                tuned = config.effective_finetune().model_dump(mode="json")
+                tune = digest(base.key, fingerprint, config.data.image_size, tuned, config.seed,
+                              *which)  # fmt: skip
+                stages.append(Stage(phase.finetune, tune, root / "finetune" / tune))
+            made = digest(tune, sampling, config.seed, *pool, *which)
+            stages.append(Stage(phase.sample, made, root / "surrogate" / made))
+            parts.append(made)
+        if len(parts) > 1:  # the phases' sets as one
+            made = digest(*parts, "merge")
             stages.append(Stage("sample", made, root / "surrogate" / made))
-        else:
-            # One candidate pool serves every selection rule with the same oversampling.
-            pool = digest(tune, sampling, config.seed, {"oversample": config.selection.oversample})
-            stages.append(Stage("sample", pool, root / "surrogate" / pool))
+        if config.selection is not None:
             judge = judge_cache_path(config, fingerprint).name
-            made = digest(pool, config.selection.kind, judge, "select")
+            made = digest(made, config.selection.kind, judge, "select")
             stages.append(Stage("select", made, root / "surrogate" / made))
     else:
         # `full` takes the whole training split whatever the IPC: one selection serves all.
@@ -86,6 +94,6 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
 
 
 def format_plan(stages: list[Stage]) -> str:
-    lines = [f"{'stage':<10} {'key':<18} state"]
-    lines += [f"{s.name:<10} {s.key:<18} {'cached' if s.cached else 'to run'}" for s in stages]
+    lines = [f"{'stage':<16} {'key':<18} state"]
+    lines += [f"{s.name:<16} {s.key:<18} {'cached' if s.cached else 'to run'}" for s in stages]
     return "\n".join(lines)

@@ -54,6 +54,12 @@ class LatentSet:
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return torch.addcmul(mean, self.std[indices], noise)
 
+    def of_classes(self, classes: range) -> LatentSet:
+        """The items whose label is in ``classes`` (a class phase's latents), in order."""
+        keep = (self.labels >= classes.start) & (self.labels < classes.stop)
+        std = None if self.std is None else self.std[keep]
+        return replace(self, mean=self.mean[keep], std=std, labels=self.labels[keep])
+
     def to(self, device: torch.device | str) -> LatentSet:
         """The same set on ``device`` (e.g. kept on the GPU for the whole fine-tuning)."""
         std = None if self.std is None else self.std.to(device)

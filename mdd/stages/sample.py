@@ -82,6 +82,7 @@ def sample_surrogate(
     folder: Path,
     device: torch.device,
     world: World = ALONE,
+    classes: range | None = None,
 ) -> Sampled | None:
     """Write ``folder/data``: IPC generated images per class (``oversample`` x IPC with a
     selection), sampled with ``weights`` (read from ``source``); ``latents`` (the real
@@ -90,10 +91,17 @@ def sample_surrogate(
     Split over a ``world`` (torchrun), each rank samples a shard of the classes with the
     items' own seeds, and rank 0 writes the set the one-process call writes; the others
     return None. A guidance samples on rank 0 alone: it may read every class's samples.
+    A class phase (``classes``) samples its classes' items of the whole set, each with the
+    seed it has there.
     """
     sample = config.sample
     per_class = sample.ipc * (config.selection.oversample if config.selection else 1)
     labels = make_labels(base.num_classes, per_class)
+    first, phase = 0, {}
+    if classes is not None:
+        keep = (labels >= classes.start) & (labels < classes.stop)
+        first, labels = int(torch.nonzero(keep)[0]), labels[keep]
+        phase = {"classes": [classes.start, classes.stop]}
     started = time.perf_counter()
     steer, batch_size = None, sample.batch_size
     if sample.guidance is not None:
@@ -108,17 +116,19 @@ def sample_surrogate(
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
     if steer is None and world.split:
-        images = _sample_shards(base, labels, settings, config.set_seed(), device, weights, world)
+        seed = config.set_seed()
+        images = _sample_shards(base, labels, settings, seed, device, weights, world, first)
         if images is None:
             return None
     elif world.main:
-        images = generate_images(base, labels, settings, config.set_seed(), device, weights, steer)
+        seed = config.set_seed()
+        images = generate_images(base, labels, settings, seed, device, weights, steer, first)
     else:
         return None
     sampling_s = time.perf_counter() - started - setup_s
     order = torch.argsort(labels, stable=True)  # the set is written class-major
     images, labels = images[order], labels[order]
-    manifest = surrogate_manifest(config, source, sample=sample.model_dump())
+    manifest = surrogate_manifest(config, source, sample=sample.model_dump(), **phase)
     write_surrogate(folder / "data", images, labels, data.class_names, manifest)
     cost = {
         "sample/images": float(len(labels)),
@@ -137,15 +147,16 @@ def _sample_shards(
     device: torch.device,
     weights: Mapping[str, torch.Tensor] | None,
     world: World,
+    first: int,
 ) -> torch.Tensor | None:
-    """This rank's classes of the class-major ``labels`` sampled, all ranks' images on
-    rank 0 in label order (None on the others)."""
-    classes = world.shard(base.num_classes)
-    items = torch.nonzero((labels >= classes.start) & (labels < classes.stop)).flatten()
+    """This rank's classes of the class-major ``labels`` (items ``first`` on of the whole
+    set) sampled, all ranks' images on rank 0 in label order (None on the others)."""
+    present = torch.unique(labels)
+    items = torch.nonzero(torch.isin(labels, present[world.shard(len(present))])).flatten()
     mine = None  # a world of more ranks than classes leaves some ranks without one
     if len(items):
-        first = int(items[0])
-        mine = generate_images(base, labels[items], cfg, seed, device, weights, first_index=first)
+        start = first + int(items[0])
+        mine = generate_images(base, labels[items], cfg, seed, device, weights, first_index=start)
     shards = world.gather(None if mine is None else mine.cpu())
     return None if shards is None else torch.cat([s for s in shards if s is not None])
 
