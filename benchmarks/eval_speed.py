@@ -200,6 +200,10 @@ def bench_eval(cases: list[str], quick: bool) -> dict[str, Any]:
 def _run_in_process(arm: str, name: str, case: Case, epochs: int) -> dict[str, Any]:
     env = {**os.environ, "MDD_MALLOC": "system" if arm == "reference" else ""}
     with tempfile.TemporaryDirectory(prefix="mdd-eval-speed-") as tmp:
+        # An empty inductor cache for every run: the longer run would otherwise load the
+        # kernels the shorter one compiled, start faster, and make the per-epoch time (and
+        # the projection of a compiled arm) look smaller than it is.
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
         out = Path(tmp) / "arm.json"
         command = [sys.executable, __file__, "--arm", arm, "--case", name]
         command += ["--test-images", str(case.test_images)]

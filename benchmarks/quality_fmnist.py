@@ -231,6 +231,8 @@ def result_hash(config: Config, fingerprint: str) -> str:
         picked["sample"].pop("seed", None)
     if picked["data"].get("phases") == 1:  # nor those from before data.phases
         picked["data"].pop("phases")
+    if picked["eval"].get("teacher", "absent") is None:  # nor those from before eval.teacher
+        picked["eval"].pop("teacher")
     blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

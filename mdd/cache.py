@@ -55,6 +55,19 @@ def folder_identity(path: Path) -> str:
     return _IDENTITIES[known]
 
 
+def file_identity(path: Path) -> str:
+    """Content hash of one file (a teacher's weights), for cache keys; memoised as above."""
+    stat = path.stat()
+    known = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if known not in _IDENTITIES:
+        hashed = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hashed.update(block)
+        _IDENTITIES[known] = hashed.hexdigest()[:16]
+    return _IDENTITIES[known]
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing) for the body's duration."""

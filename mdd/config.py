@@ -254,10 +254,25 @@ class SelectionConfig(Section):
     oversample: int = Field(4, ge=2)
 
 
+class TeacherConfig(Section):
+    """The trained network whose outputs are the soft labels of ``eval.protocol: rded``
+    (mdd.eval.softlabel), read from a local file: nothing is downloaded."""
+
+    weights: Path  # a state dict: torch.save(...) (.pt, .pth) or .safetensors
+    # torchvision:<name> (e.g. torchvision:resnet18, the architecture of torchvision's
+    # ImageNet-1K weights) or one of mdd's evaluation networks (mdd.eval.networks).
+    network: str = "torchvision:resnet18"
+    norm: Literal["instance", "batch", "none"] = "batch"  # mdd's networks only
+    # The teacher's output index of each dataset class, in the dataset's class order (e.g.
+    # ImageWoof's ten classes among an ImageNet-1K teacher's 1000); None: the same classes.
+    classes: list[int] | None = None
+
+
 class EvalConfig(Section):
     """A protocol preset (mdd.eval.protocols) with any of its values overridden here."""
 
-    protocol: Literal["dc", "idc", "proxy"] = "dc"
+    # rded: soft labels from eval.teacher (mdd.eval.softlabel), logged under soft/...
+    protocol: Literal["dc", "idc", "proxy", "rded"] = "dc"
     networks: list[str] = Field(default_factory=lambda: ["convnet3"])
     repeats: int = Field(3, ge=1)
     norm: Literal["instance", "batch", "none"] = "instance"
@@ -280,6 +295,21 @@ class EvalConfig(Section):
     # Worker processes training the repeats side by side on a CPU, the threads shared out.
     # auto: one per repeat, at most two per core, with two cores or more, where auto compiles.
     workers: Literal["auto"] | int = Field("auto", union_mode="left_to_right")
+    teacher: TeacherConfig | None = None
+
+    @model_validator(mode="after")
+    def _teacher_with_soft_labels(self) -> EvalConfig:
+        if self.protocol == "rded" and self.teacher is None:
+            raise ValueError(
+                "eval.protocol rded labels the set with a teacher's outputs. Hint: set "
+                "eval.teacher.weights to a trained network's state dict (a local file)."
+            )
+        if self.protocol != "rded" and self.teacher is not None:
+            raise ValueError(
+                f"eval.teacher is used by the soft-label protocol only, not {self.protocol}. "
+                "Hint: remove eval.teacher, or set eval.protocol: rded."
+            )
+        return self
 
 
 class JudgeConfig(Section):

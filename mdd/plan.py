@@ -8,7 +8,9 @@ base's key says nothing of the data fine-tuned on).
 
 from __future__ import annotations
 
-from mdd.cache import Stage, digest, folder_identity
+from typing import Any
+
+from mdd.cache import Stage, digest, file_identity, folder_identity
 from mdd.config import Config
 from mdd.errors import MddError
 from mdd.eval.judge import judge_cache_path
@@ -88,9 +90,21 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         # The judge's file name holds all that makes it (network, resolution, epochs, ...).
         measured = digest(made, judge_cache_path(config, fingerprint).name, "diagnose")
         stages.append(Stage("diagnose", measured, root / "diagnostics" / measured))
-    judged = digest(made, config.eval.model_dump(mode="json"), config.seed)
+    judged = digest(made, *evaluation_settings(config), config.seed)
     stages.append(Stage("evaluate", judged, root / "eval" / judged))
     return stages
+
+
+def evaluation_settings(config: Config) -> tuple[Any, ...]:
+    """What the evaluation's key holds: the ``eval`` section and, for the soft-label protocol,
+    the teacher file's content (the same path may hold other weights later)."""
+    settings = config.eval.model_dump(mode="json")
+    teacher = settings.pop("teacher")  # absent from the keys made before eval.teacher
+    if teacher is None:
+        return (settings,)
+    weights = config.eval.teacher.weights if config.eval.teacher else None
+    held = file_identity(weights) if weights is not None and weights.is_file() else "missing"
+    return (settings, {"teacher": teacher, "teacher_sha256": held})
 
 
 def format_plan(stages: list[Stage]) -> str:

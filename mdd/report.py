@@ -58,7 +58,8 @@ DIAGNOSTICS_LEGEND = (
     "With one image per class (IPC 1) intra cos and recall are undefined (—) and "
     "density is coverage times the class's reference images over k: read one of the two."
 )
-_TEST_METRIC = re.compile(r"^test/(?P<network>[^/]+)/last_acc_mean$")
+_TEST_METRIC = re.compile(r"^(?P<soft>soft/)?test/(?P<network>[^/]+)/last_acc_mean$")
+SOFT_LABELS = " (soft labels)"  # how a soft-label protocol is named in every table
 _CSV_FIELDS = (
     "dataset",
     "method",
@@ -109,17 +110,18 @@ def _dataset(params: dict[str, str]) -> str:
     return f"{dataset}/{subset}" if subset != "None" else dataset
 
 
-def _test_results(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """Network -> its four test accuracy numbers, for every network with all four logged."""
+def _test_results(metrics: dict[str, float]) -> dict[tuple[str, bool], dict[str, float]]:
+    """(network, soft labels?) -> its four test accuracy numbers, where all four were logged."""
     results = {}
     for name in metrics:
         match = _TEST_METRIC.match(name)
         if match is None:
             continue
-        prefix = f"test/{match['network']}"
+        prefix = f"{match['soft'] or ''}test/{match['network']}"
         keys = ("last_acc_mean", "last_acc_std", "best_acc_mean", "best_acc_std")
         if all(f"{prefix}/{key}" in metrics for key in keys):
-            results[match["network"]] = {key: metrics[f"{prefix}/{key}"] for key in keys}
+            found = {key: metrics[f"{prefix}/{key}"] for key in keys}
+            results[(match["network"], match["soft"] is not None)] = found
     return results
 
 
@@ -155,8 +157,10 @@ def collect_rows(runs: list[dict[str, Any]]) -> tuple[list[Row], list[str]]:
             # (minimax-swept, minimax-swept+mode), as the quality benchmark names it.
             tuning, _, plugins = method.partition("+")
             method = f"{tuning}-{variant}" + (f"+{plugins}" if plugins else "")
-        protocol = params.get("eval.protocol", "unknown")
-        for network, values in results.items():
+        for (network, soft), values in results.items():
+            # A teacher-labelled accuracy is its own protocol in every table, never beside
+            # hard-label ones.
+            protocol = params.get("eval.protocol", "unknown") + (SOFT_LABELS if soft else "")
             key = (_dataset(params), protocol, method, int(params["sample.ipc"]), network)
             found = {**values, "run_id": run["run_id"], "start_time_ms": run["start_time_ms"]}
             found["repeats"] = int(params.get("eval.repeats", "0"))
@@ -245,7 +249,8 @@ RANKING_LEGEND = (
     "training set under the same protocol and network (`mdd.ranking`), from last accuracies as "
     "fractions: **HLR** = full minus set (lower is better), **IOR** = set minus random, "
     "**LRS** = (e^x - e^-1) / (e - e^-1) with x = (IOR - HLR) / 2, in [0, 1]. mdd's "
-    "protocols use hard labels, so IOR is the hard-label improvement. DD-Ranking's own code "
+    "dc, idc and proxy protocols use hard labels, so IOR is the hard-label improvement; under "
+    "a soft-label protocol (rded) all three rows learn a teacher's labels. DD-Ranking's own code "
     "feeds percentages into e^x, so its LRS is not comparable with these."
 )
 

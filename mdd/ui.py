@@ -31,8 +31,8 @@ HEADLINE_PARAMS = (
     "finetune.lambda_d",
     "finetune.memory_size",
 )
-HEADLINE_METRICS = ("acc_test", "acc_val", "objective/0")
-_LAST_ACCURACY = re.compile(r"(test|val)/[^/]+/last_acc_mean")
+HEADLINE_METRICS = ("acc_test", "acc_val", "acc_soft_test", "objective/0")
+_LAST_ACCURACY = re.compile(r"(soft/)?(test|val)/[^/]+/last_acc_mean")
 
 
 def headline_params(config: Config) -> dict[str, Any]:
@@ -48,12 +48,16 @@ def headline_params(config: Config) -> dict[str, Any]:
 
 
 def headline_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """``acc_test`` / ``acc_val``: the first network's last-epoch accuracy of each split."""
+    """``acc_test`` / ``acc_val`` (``acc_soft_test`` under the soft-label protocol): the first
+    network's last-epoch accuracy of each split."""
     headline: dict[str, float] = {}
     for name, value in metrics.items():
         found = _LAST_ACCURACY.fullmatch(name)
-        if found and f"acc_{found.group(1)}" not in headline:
-            headline[f"acc_{found.group(1)}"] = value
+        if found is None:
+            continue
+        # Soft-label accuracies (eval.protocol rded) get names of their own: acc_soft_test.
+        short = "acc_" + ("soft_" if found.group(1) else "") + found.group(2)
+        headline.setdefault(short, value)
     return headline
 
 

@@ -6,10 +6,10 @@ import torch
 from mdd.errors import ConfigError
 from mdd.eval.augment import (
     DSA_TRANSFORMS,
-    _random_resized_crop,
     cutmix,
     dsa_augment,
     idc_augment,
+    random_resized_crop,
 )
 
 
@@ -119,7 +119,7 @@ def test_unknown_dsa_transform_is_a_config_error() -> None:
 def test_random_resized_crop_stays_inside_the_image() -> None:
     # A crop box outside the image would bring in grid_sample's zero padding.
     x = 0.5 + 0.5 * torch.rand(16, 3, 20, 20, generator=_gen())
-    out = _random_resized_crop(x, _gen(1))
+    out = random_resized_crop(x, _gen(1))
     assert out.shape == x.shape
     assert float(out.min()) >= 0.5 - 1e-5
     assert not torch.allclose(out, x)

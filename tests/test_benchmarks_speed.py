@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdd.eval.levers import can_compile, cpu_has_fast_bf16
+from mdd.eval.levers import can_compile, compile_pays
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 RATIOS = {
@@ -102,7 +102,7 @@ def test_evaluation_arms_differ_in_allocator_and_test_schedule_only(quick_run):
     off = {"precision": "fp32", "compiled": 0, "processes": 1}
     assert {k: arms["a88e2ab"]["levers"][k] for k in off} == off
     assert arms["a88e2ab"]["allocator"] == "mdd" and arms["a88e2ab"]["full_tests"] == 1
-    assert arms["mdd"]["levers"]["compiled"] == int(can_compile() and cpu_has_fast_bf16())
+    assert arms["mdd"]["levers"]["compiled"] == int(can_compile() and compile_pays())
     for arm in arms.values():  # two lengths give the start and the per-epoch time
         assert arm["short_run"]["epochs"] * 2 == arm["epochs"]
         assert arm["projected_full_s"] >= arm["per_epoch_s"] * 1000

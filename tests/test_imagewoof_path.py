@@ -7,11 +7,13 @@ layout, and a tree of ImageWoof wnid folders, then runs every stage through mdd-
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
 from PIL import Image
 
@@ -27,6 +29,7 @@ from mdd.eval.judge import judge_cache_path, load_judge
 from mdd.eval.networks import ResNetAP
 from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD
 from mdd.plan import plan
+from mdd.stages.evaluate import RESULTS_FILE
 from mdd.stages.select import select_candidates, select_surrogate
 from tests.test_autoencoder import tiny_vae
 
@@ -169,3 +172,21 @@ def test_influence_guidance_runs_on_the_dit_xl_path_with_the_vae(woof_config: Pa
     surrogate = read_surrogate(stages["sample"].folder / "data")
     assert surrogate.images.shape == (20, 3, 32, 32)
     assert surrogate.labels.bincount().tolist() == [2] * 10
+
+
+def test_the_soft_label_protocol_runs_on_the_stand_in_with_an_imagenet_resnet18_teacher(
+    woof_config: Path, tmp_path: Path
+) -> None:
+    """torchvision's ResNet-18 with 1000 outputs from a local file labels the ten ImageWoof
+    classes through their ImageNet indices; the accuracies are logged as soft-label ones."""
+    teacher = torchvision.models.resnet18()  # torchvision's ImageNet-1K layout, 1000 classes
+    weights = tmp_path / "resnet18-imagenet.pth"
+    torch.save(teacher.state_dict(), weights)
+    overrides = ["method=base", "eval.protocol=rded", f"eval.teacher.weights={weights}"]
+    config, stages = _run_with(woof_config, overrides)
+    record = json.loads((stages["evaluate"].folder / RESULTS_FILE).read_text())
+    woof = subset_wnids("woof")
+    assert record["teacher"]["classes"] == [KNOWN_IMAGENET_INDEX[wnid] for wnid in woof]
+    assert record["labels"] == "soft"
+    assert all(name.startswith("soft/test/convnet3/") for name in record["metrics"])
+    assert config.eval.teacher is not None and config.eval.teacher.network == "torchvision:resnet18"

@@ -30,16 +30,25 @@ def two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(levers.torch, "get_num_threads", lambda: 2)
 
 
-@pytest.mark.parametrize("fast_bf16", [True, False])
-def test_a_long_cpu_run_compiles_in_bf16_and_spreads_its_repeats_where_the_cpu_has_bf16(
-    two_threads: None, monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
+@pytest.mark.parametrize(
+    ("fast_bf16", "flags", "compiled"),
+    [(True, ["avx2", "avx512f", "avx512_bf16"], True), (False, ["avx2", "avx512f"], False),
+     (False, ["avx2"], True)],
+)  # fmt: skip
+def test_a_long_cpu_run_compiles_and_spreads_its_repeats_where_that_was_measured_to_pay(
+    two_threads: None,
+    monkeypatch: pytest.MonkeyPatch,
+    fast_bf16: bool,
+    flags: list[str],
+    compiled: bool,
 ) -> None:
     monkeypatch.setattr(levers, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(levers, "cpu_flags", lambda: flags)
     monkeypatch.setattr(levers, "can_compile", lambda: True)
     chosen = _auto()
-    # Without bf16 the compiled fp32 evaluation was not faster: auto keeps the old path.
-    assert chosen.compiled == chosen.bf16 == fast_bf16
-    if fast_bf16:
+    # bf16 with fast bf16; fp32 compiled without AVX-512 (AVX2 only); eager fp32 otherwise.
+    assert (chosen.compiled, chosen.bf16) == (compiled, fast_bf16)
+    if compiled:
         assert (chosen.processes, chosen.threads) == (3, 1)  # 3 repeats, up to 2 per core
         assert _auto(repeats=7).processes == 4
     else:

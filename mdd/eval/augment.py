@@ -224,16 +224,20 @@ def dsa_augment(
     return out.view_as(x)
 
 
-def _random_resized_crop(x: torch.Tensor, source: RandomSource, attempts: int = 10) -> torch.Tensor:
-    """torchvision's RandomResizedCrop(size, scale=(0.5, 1)) per image, as one grid_sample.
+def random_resized_crop(
+    x: torch.Tensor,
+    source: RandomSource,
+    scale: tuple[float, float] = RRC_SCALE,
+    attempts: int = 10,
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size, scale) per image, as one grid_sample.
 
     As torchvision, try ``attempts`` boxes per image and keep the first that fits; images
     with none fall back to the whole image. Output keeps the input size.
     """
     g = as_draws(source)
     b, _, h, w = x.shape
-    scale = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * g.rand(b, attempts)
-    area = h * w * scale
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * g.rand(b, attempts))
     log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * g.rand(b, attempts))
     crop_w = torch.sqrt(area * aspect).round()
@@ -297,7 +301,7 @@ def idc_augment(x: torch.Tensor, source: RandomSource) -> torch.Tensor:
             "Hint: use eval.protocol=dc (DSA) for grayscale data."
         )
     draws = as_draws(source)
-    x = _random_resized_crop(x, draws)
+    x = random_resized_crop(x, draws)
     flip = draws.rand(x.shape[0]).to(x.device) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return _lighting(_color_jitter(x, draws), draws)

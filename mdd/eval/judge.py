@@ -32,7 +32,7 @@ from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
 from mdd.data.splits import per_class_index
 from mdd.eval.networks import create_network
-from mdd.eval.protocols import NORMALISATION, Protocol, protocol_for, resolve_protocol
+from mdd.eval.protocols import NORMALISATION, Protocol, evaluation_image_size, resolve_protocol
 from mdd.eval.train import class_probabilities, extract_features, predict, train_network
 
 JUDGE_NETWORKS = {"fashion_mnist": "convnet3", "imagenet_subset": "resnet_ap10"}
@@ -55,7 +55,7 @@ def judge_protocol(config: Config) -> Protocol:
         evaluations=1,
         mean=mean,
         std=std,
-        image_size=protocol_for(config, config.sample.ipc).image_size,
+        image_size=evaluation_image_size(config),
     )
 
 

@@ -12,12 +12,13 @@ follows a measurement of ``benchmarks/`` (``eval_variants.py``, benchmark 7, and
 - ``torch.compile`` costs 10-30 s per network and process (less from inductor's on-disk
   cache) and a C++ compiler, so ``auto`` compiles on a CPU that has one, and only when a
   network trains at least ``COMPILE_MIN_STEPS`` steps; the compiled network runs in
-  channels-last layout. ``auto`` compiles only with bf16: a whole DC evaluation compiled in
-  fp32 (with worker processes) was not faster than eager fp32 in one process.
+  channels-last layout. ``auto`` compiles where it was measured to pay (``compile_pays``):
+  in bf16 on a CPU with fast bf16, in fp32 on a CPU without AVX-512; a whole DC evaluation
+  compiled in fp32 on an AVX-512 CPU was not faster than eager fp32 in one process.
 - Worker processes with one thread each beat one process with all threads by about 1.1x
   on 2 cores (less synchronisation per operator); each costs a few seconds to start, so
   ``auto`` starts one per repeat, at most two per core, on a CPU with at least two cores
-  (torch threads), with the compiled bf16 path (the combination measured whole). A script
+  (torch threads), with the compiled path (the combination measured whole). A script
   that evaluates with them needs the ``if __name__ == "__main__":`` guard of spawned
   processes.
 """
@@ -58,6 +59,19 @@ def cpu_flags() -> list[str]:
 def can_compile() -> bool:
     """Whether inductor can build CPU kernels here: it needs a C++ compiler."""
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def compile_pays() -> bool:
+    """Whether a compiled evaluation beat the eager one on a CPU like this one.
+
+    With bf16 (AVX512-BF16 or AMX): the whole DC evaluation took 396 s compiled in bf16 with
+    worker processes on an AMD EPYC Zen 5, where compiled fp32 took 666 s, no faster than
+    eager fp32. Without AVX-512 (AVX2 only), the eager kernels are the slow part: on an AMD
+    EPYC Zen 3 the whole DC evaluation projects to 1287 s eager and 550 s compiled in fp32
+    with worker processes. A CPU with AVX-512 but no fast bf16 was not measured and keeps
+    the eager path, as the Zen 5 measurement in fp32 suggests.
+    """
+    return cpu_has_fast_bf16() or "avx512f" not in cpu_flags()
 
 
 @dataclass(frozen=True)
@@ -105,10 +119,8 @@ def resolve_levers(
     if isinstance(compile, bool):
         compiled = compile
     else:
-        # Only where bf16 comes with it: the whole DC evaluation compiled in fp32 with worker
-        # processes took 666 s against 396 s in bf16 (random real IPC 10, AMD EPYC Zen 5).
         long = steps >= COMPILE_MIN_STEPS
-        compiled = cpu and not batched and long and can_compile() and cpu_has_fast_bf16()
+        compiled = cpu and not batched and long and can_compile() and compile_pays()
     # Eager bf16 gained 1.08x where compiled bf16 gained 1.8x: auto takes it compiled only.
     bf16 = precision == "bf16" or (precision == "auto" and compiled and cpu_has_fast_bf16())
     cores = torch.get_num_threads()

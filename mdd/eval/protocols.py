@@ -144,15 +144,26 @@ def resolve_protocol(name: str, ipc: int, overrides: dict[str, Any] | None = Non
     return dataclasses.replace(PROTOCOLS[name](ipc), **given)
 
 
-def protocol_for(config: Config, ipc: int) -> Protocol:
-    """The protocol of a run: its preset, its ``eval`` overrides, its dataset's normalisation."""
-    overrides = {
+def eval_overrides(config: Config) -> dict[str, Any]:
+    """The ``eval`` section's values that override a protocol's (None: the preset's)."""
+    return {
         "epochs": config.eval.epochs,
         "batch_size": config.eval.batch_size,
         "lr": config.eval.lr,
         "evaluations": config.eval.evaluations,
         "eval_split": config.eval.split,
     }
-    protocol = resolve_protocol(config.eval.protocol, ipc, overrides)
+
+
+def evaluation_image_size(config: Config) -> int | None:
+    """The resolution the run's evaluation trains at (None: the set's own)."""
+    if config.eval.protocol not in PROTOCOLS:
+        return None  # the soft-label protocol (mdd.eval.softlabel) takes any size
+    return protocol_for(config, config.sample.ipc).image_size
+
+
+def protocol_for(config: Config, ipc: int) -> Protocol:
+    """The protocol of a run: its preset, its ``eval`` overrides, its dataset's normalisation."""
+    protocol = resolve_protocol(config.eval.protocol, ipc, eval_overrides(config))
     mean, std = NORMALISATION[config.data.dataset]
     return dataclasses.replace(protocol, mean=mean, std=std)

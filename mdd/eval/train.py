@@ -64,7 +64,7 @@ class RepeatedResult:
     levers: dict[str, str | int] = field(default_factory=dict)  # how it was computed
 
 
-def _check_set(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str) -> None:
+def check_set(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise DataError(
             f"{what} images: expected uint8 [N, C, H, W], got {images.dtype} "
@@ -85,7 +85,7 @@ def _check_set(images: torch.Tensor, labels: torch.Tensor, num_classes: int, wha
 def _check_training(
     images: torch.Tensor, labels: torch.Tensor, protocol: Protocol, num_classes: int
 ) -> None:
-    _check_set(images, labels, num_classes, "training")
+    check_set(images, labels, num_classes, "training")
     channels, height = images.shape[1], images.shape[2]
     if len(protocol.mean) not in (1, channels):
         raise ConfigError(
@@ -183,7 +183,7 @@ def extract_features(
     return _in_batches(lambda x: net.features(x).float(), images, protocol, device)
 
 
-def _confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
     flat = labels.long() * num_classes + preds.long()
     return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
@@ -484,7 +484,7 @@ def evaluate_repeats(
         raise ConfigError(f"eval.repeats: {repeats}. Hint: use at least 1.")
     device = torch.device(device)
     _check_training(train_images, train_labels, protocol, num_classes)
-    _check_set(test_images, test_labels, num_classes, "test")
+    check_set(test_images, test_labels, num_classes, "test")
     if train_images.shape[1:] != test_images.shape[1:]:
         raise DataError(
             f"training images are {list(train_images.shape[1:])} but test images are "
@@ -507,7 +507,7 @@ def evaluate_repeats(
         outcomes = _in_this_process(job, seeds, batched, on_epoch, progress)
     runs: list[EvalResult] = []
     for outcome in outcomes:
-        confusion = _confusion(job.test_labels, outcome.preds, num_classes)
+        confusion = confusion_matrix(job.test_labels, outcome.preds, num_classes)
         per_class = 100.0 * confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
         best = max(outcome.history, key=lambda entry: entry[2])  # the earliest of equal bests
         runs.append(

@@ -17,11 +17,20 @@ matplotlib.use("Agg")  # files only: no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from mdd.cache import file_identity  # noqa: E402
 from mdd.config import Config  # noqa: E402
-from mdd.data import DatasetSplits  # noqa: E402
+from mdd.data import DatasetSplits, ImageSet  # noqa: E402
+from mdd.data.folders import imagenet_indices  # noqa: E402
 from mdd.data.load import resize_images  # noqa: E402
 from mdd.data.surrogate import read_surrogate  # noqa: E402
-from mdd.eval.protocols import protocol_for  # noqa: E402
+from mdd.eval.protocols import NORMALISATION, Protocol, eval_overrides, protocol_for  # noqa: E402
+from mdd.eval.softlabel import (  # noqa: E402
+    EpochCallback,
+    SoftProtocol,
+    evaluate_students,
+    resolve_soft_protocol,
+)
+from mdd.eval.teacher import load_teacher  # noqa: E402
 from mdd.eval.train import RepeatedResult, evaluate_repeats  # noqa: E402
 from mdd.stages import MetricLogger  # noqa: E402
 
@@ -61,6 +70,78 @@ def _plot_curves(results: dict[str, RepeatedResult], split: str, path: Path) -> 
     plt.close(figure)
 
 
+def _labels_from_teacher(
+    dataset_images: torch.Tensor,
+    target: ImageSet,
+    data: DatasetSplits,
+    config: Config,
+    ipc: int,
+    device: torch.device,
+    on_epoch: Callable[[str, int], EpochCallback],
+) -> tuple[SoftProtocol, dict[str, RepeatedResult], dict[str, object]]:
+    """The rded protocol: every network of ``eval.networks`` as students of the teacher."""
+    teacher_config = config.eval.teacher
+    assert teacher_config is not None  # the config's validator requires it with rded
+    num_classes = len(data.class_names)
+    mean, std = NORMALISATION[config.data.dataset]
+    protocol = resolve_soft_protocol(ipc, num_classes, mean, std, eval_overrides(config))
+    _, channels, size, _ = dataset_images.shape
+    imagenet = None
+    if config.data.dataset == "imagenet_subset" and config.data.root is not None:
+        imagenet = imagenet_indices(config.data.root, data.class_names)
+    teacher = load_teacher(teacher_config, num_classes, channels, size, device, imagenet)
+    results = {}
+    for index, network in enumerate(config.eval.networks):
+        results[network] = evaluate_students(
+            network, dataset_images, target.images, target.labels, teacher,
+            protocol=protocol, num_classes=num_classes, repeats=config.eval.repeats,
+            seed=config.seed, device=device, norm=config.eval.norm,
+            on_epoch=on_epoch(network, index),
+        )  # fmt: skip
+    about = {
+        "network": teacher_config.network,
+        "weights": str(teacher_config.weights),
+        "weights_sha256": file_identity(teacher_config.weights),
+        "classes": teacher.index.tolist() if teacher.index is not None else None,
+    }
+    return protocol, results, about
+
+
+def _labels_given(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    target: ImageSet,
+    data: DatasetSplits,
+    config: Config,
+    protocol: Protocol,
+    device: torch.device,
+    on_epoch: Callable[[str, int], EpochCallback],
+) -> dict[str, RepeatedResult]:
+    """A hard-label protocol: every network of ``eval.networks`` on the set's own labels."""
+    results = {}
+    for index, network in enumerate(config.eval.networks):
+        results[network] = evaluate_repeats(
+            network,
+            train_images,
+            train_labels,
+            target.images,
+            target.labels,
+            protocol=protocol,
+            num_classes=len(data.class_names),
+            repeats=config.eval.repeats,
+            seed=config.seed,
+            device=device,
+            norm=config.eval.norm,
+            batch_repeats=config.eval.batch_repeats,
+            precision=config.eval.precision,
+            compile=config.eval.compile,
+            workers=config.eval.workers,
+            on_epoch=on_epoch(network, index),
+            progress=True,
+        )
+    return results
+
+
 def evaluate_surrogate(
     surrogate: Path,
     data: DatasetSplits,
@@ -72,52 +153,47 @@ def evaluate_surrogate(
 ) -> dict[str, float]:
     """Train ``eval.repeats`` networks of each ``eval.networks`` on the surrogate set.
 
-    Metrics are named ``<split>/<network>/<last|best>_acc_<mean|std>`` in percent.
+    Metrics are named ``<split>/<network>/<last|best>_acc_<mean|std>`` in percent, and
+    ``soft/<split>/...`` under the soft-label protocol (``rded``), so a teacher-labelled
+    accuracy never stands where a hard-label one is read.
     ``report(epoch, acc)`` receives the first network's evaluations as they happen
     (a sweep's pruner listens there). Writes them, with the per-class accuracies, confusion
     matrices and every network's history, to ``folder/results.json`` (``read_results``).
     """
     dataset = read_surrogate(surrogate)
     ipc = dataset.manifest.get("ipc") or config.sample.ipc
-    protocol = protocol_for(config, ipc)
-    split = protocol.eval_split
+    soft = config.eval.protocol == "rded"
+    split = config.eval.split or "test"
+    if not soft:
+        hard = protocol_for(config, ipc)
+        split = hard.eval_split
     target = data.val if split == "val" else data.test
-    size = protocol.image_size or target.images.shape[-1]
+    size = (None if soft else hard.image_size) or target.images.shape[-1]
     train_images = resize_images(dataset.images, size)
-    test_images = resize_images(target.images, size)
-    num_classes = len(data.class_names)
+    target = ImageSet(resize_images(target.images, size), target.labels)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, float] = {}
-    results: dict[str, RepeatedResult] = {}
-    for index, network in enumerate(config.eval.networks):
-
-        def on_epoch(repeat: int, epoch: int, values: dict[str, float], net=network, i=index):
-            log({f"eval/{net}/{repeat}/{k}": v for k, v in values.items()}, epoch)
-            if report is not None and i == 0 and repeat == 0 and "acc" in values:
+    def on_epoch(network: str, index: int) -> EpochCallback:
+        def logged(repeat: int, epoch: int, values: dict[str, float]) -> None:
+            log({f"eval/{network}/{repeat}/{k}": v for k, v in values.items()}, epoch)
+            if report is not None and index == 0 and repeat == 0 and "acc" in values:
                 report(epoch, values["acc"])
 
-        result = evaluate_repeats(
-            network,
-            train_images,
-            dataset.labels,
-            test_images,
-            target.labels,
-            protocol=protocol,
-            num_classes=num_classes,
-            repeats=config.eval.repeats,
-            seed=config.seed,
-            device=device,
-            norm=config.eval.norm,
-            batch_repeats=config.eval.batch_repeats,
-            precision=config.eval.precision,
-            compile=config.eval.compile,
-            workers=config.eval.workers,
-            on_epoch=on_epoch,
-            progress=True,
+        return logged
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, object] = {"labels": "soft" if soft else "hard"}
+    if soft:
+        protocol, results, record["teacher"] = _labels_from_teacher(
+            train_images, target, data, config, ipc, device, on_epoch
         )
-        results[network] = result
-        prefix = f"{split}/{network}"
+    else:
+        protocol = hard
+        results = _labels_given(
+            train_images, dataset.labels, target, data, config, hard, device, on_epoch
+        )
+    metrics: dict[str, float] = {}
+    for network, result in results.items():
+        prefix = ("soft/" if soft else "") + f"{split}/{network}"
         metrics[f"{prefix}/last_acc_mean"] = result.last_acc_mean
         metrics[f"{prefix}/last_acc_std"] = result.last_acc_std
         metrics[f"{prefix}/best_acc_mean"] = result.best_acc_mean
@@ -126,10 +202,8 @@ def evaluate_surrogate(
         _plot_confusion(
             result.confusion, data.class_names, title, folder / f"confusion_{network}.png"
         )
-
-    folder.mkdir(parents=True, exist_ok=True)
     _plot_curves(results, split, folder / "curves.png")
-    record = {
+    record |= {
         "metrics": metrics,
         "protocol": protocol.__dict__,
         "split": split,
