@@ -65,11 +65,11 @@ def compile_pays() -> bool:
     """Whether a compiled evaluation beat the eager one on a CPU like this one.
 
     With bf16 (AVX512-BF16 or AMX): the whole DC evaluation took 396 s compiled in bf16 with
-    worker processes on an AMD EPYC Zen 5, where compiled fp32 took 666 s, no faster than
-    eager fp32. Without AVX-512 (AVX2 only), the eager kernels are the slow part: on an AMD
-    EPYC Zen 3 the whole DC evaluation projects to 1287 s eager and 550 s compiled in fp32
-    with worker processes. A CPU with AVX-512 but no fast bf16 was not measured and keeps
-    the eager path, as the Zen 5 measurement in fp32 suggests.
+    worker processes on an AMD EPYC Zen 5 (README, "The evaluation levers"). Without AVX-512
+    (AVX2 only), on an AMD EPYC Zen 3, benchmark 6 projects the whole DC IPC 10 evaluation
+    at 885 s compiled in fp32 with worker processes against 1082 s eager in one process
+    (a88e2ab's path). A CPU with AVX-512 but no fast bf16 has no such whole-evaluation
+    comparison yet (compiled fp32 was 1.26x a step on the Zen 5), so it keeps the eager path.
     """
     return cpu_has_fast_bf16() or "avx512f" not in cpu_flags()
 

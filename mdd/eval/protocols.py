@@ -114,6 +114,19 @@ def _proxy(ipc: int) -> Protocol:
 PROTOCOLS: dict[str, Callable[[int], Protocol]] = {"dc": _dc, "idc": _idc, "proxy": _proxy}
 OVERRIDABLE = ("epochs", "batch_size", "lr", "evaluations", "eval_split")
 
+
+def given_overrides(overrides: dict[str, object] | None, what: str) -> dict[str, object]:
+    """The non-None ``eval`` overrides of ``what`` (a protocol), refused unless overridable."""
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    unknown = sorted(set(given) - set(OVERRIDABLE))
+    if unknown:
+        raise ConfigError(
+            f"eval: cannot override {', '.join(unknown)} of {what}. "
+            f"Hint: only {', '.join(OVERRIDABLE)} can be set."
+        )
+    return given
+
+
 # Every protocol normalises a dataset by that dataset's statistics (as the DC and IDC code
 # do), whichever preset supplies the optimiser and augmentation.
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -134,13 +147,7 @@ def resolve_protocol(name: str, ipc: int, overrides: dict[str, Any] | None = Non
         )
     if ipc < 1:
         raise ConfigError(f"sample.ipc: {ipc} images per class. Hint: use at least 1.")
-    given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    unknown = sorted(set(given) - set(OVERRIDABLE))
-    if unknown:
-        raise ConfigError(
-            f"eval: cannot override {', '.join(unknown)} of a protocol. "
-            f"Hint: only {', '.join(OVERRIDABLE)} can be set."
-        )
+    given = given_overrides(overrides, "a protocol")
     return dataclasses.replace(PROTOCOLS[name](ipc), **given)
 
 

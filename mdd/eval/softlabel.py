@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +39,7 @@ from torch import nn
 from mdd.errors import ConfigError
 from mdd.eval.augment import Draws, cutmix, random_resized_crop
 from mdd.eval.networks import create_network
+from mdd.eval.protocols import given_overrides
 from mdd.eval.train import (
     EvalResult,
     Normalise,
@@ -47,11 +47,10 @@ from mdd.eval.train import (
     check_set,
     confusion_matrix,
     predict,
+    summarize_runs,
 )
 from mdd.progress import progress_bar
 from mdd.runtime import seed_everything
-
-OVERRIDABLE = ("epochs", "batch_size", "lr", "evaluations", "eval_split")
 
 
 @dataclass(frozen=True)
@@ -101,13 +100,7 @@ def resolve_soft_protocol(
     overrides: dict[str, object] | None = None,
 ) -> SoftProtocol:
     """RDED's protocol for a set of ``ipc`` images per class, with non-None overrides."""
-    given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    unknown = sorted(set(given) - set(OVERRIDABLE))
-    if unknown:
-        raise ConfigError(
-            f"eval: cannot override {', '.join(unknown)} of the rded protocol. "
-            f"Hint: only {', '.join(OVERRIDABLE)} can be set."
-        )
+    given = given_overrides(overrides, "the rded protocol")
     return SoftProtocol(mean=mean, std=std, batch_size=rded_batch_size(ipc, num_classes), **given)
 
 
@@ -284,16 +277,5 @@ def evaluate_students(
         num_classes, device, norm,
     )  # fmt: skip
     runs = [train_student(job, teacher, seed + r, r, on_epoch) for r in range(repeats)]
-    last = np.array([run.last_acc for run in runs])
-    best = np.array([run.best_acc for run in runs])
-    return RepeatedResult(
-        network=network,
-        last_acc_mean=float(last.mean()),
-        last_acc_std=float(last.std()),
-        best_acc_mean=float(best.mean()),
-        best_acc_std=float(best.std()),
-        per_class_acc_mean=np.mean([run.per_class_acc for run in runs], axis=0).tolist(),
-        confusion=np.sum([run.confusion for run in runs], axis=0).tolist(),
-        runs=runs,
-        levers={"precision": "fp32", "compiled": 0, "processes": 1, "labels": "soft"},
-    )
+    levers: dict[str, str | int] = {"precision": "fp32", "compiled": 0, "processes": 1}
+    return summarize_runs(network, runs, levers | {"labels": "soft"})

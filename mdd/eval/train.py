@@ -64,6 +64,26 @@ class RepeatedResult:
     levers: dict[str, str | int] = field(default_factory=dict)  # how it was computed
 
 
+def summarize_runs(
+    network: str, runs: list[EvalResult], levers: dict[str, str | int]
+) -> RepeatedResult:
+    """The repeats of one network as one result: mean and population std of the last and
+    best accuracies, per-class accuracy averaged, confusion matrices summed."""
+    last = np.array([run.last_acc for run in runs])
+    best = np.array([run.best_acc for run in runs])
+    return RepeatedResult(
+        network=network,
+        last_acc_mean=float(last.mean()),
+        last_acc_std=float(last.std()),
+        best_acc_mean=float(best.mean()),
+        best_acc_std=float(best.std()),
+        per_class_acc_mean=np.mean([run.per_class_acc for run in runs], axis=0).tolist(),
+        confusion=np.sum([run.confusion for run in runs], axis=0).tolist(),
+        runs=runs,
+        levers=levers,
+    )
+
+
 def check_set(images: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise DataError(
@@ -521,16 +541,4 @@ def evaluate_repeats(
                 wall_s=outcome.wall_s,
             )
         )
-    last = np.array([run.last_acc for run in runs])
-    best = np.array([run.best_acc for run in runs])
-    return RepeatedResult(
-        network=network,
-        last_acc_mean=float(last.mean()),
-        last_acc_std=float(last.std()),
-        best_acc_mean=float(best.mean()),
-        best_acc_std=float(best.std()),
-        per_class_acc_mean=np.mean([run.per_class_acc for run in runs], axis=0).tolist(),
-        confusion=np.sum([run.confusion for run in runs], axis=0).tolist(),
-        runs=runs,
-        levers=levers.describe(),
-    )
+    return summarize_runs(network, runs, levers.describe())
