@@ -233,6 +233,10 @@ def result_hash(config: Config, fingerprint: str) -> str:
         picked["data"].pop("phases")
     if picked["eval"].get("teacher", "absent") is None:  # nor those from before eval.teacher
         picked["eval"].pop("teacher")
+    if picked["sample"].get("through_autoencoder") is False:  # nor sample.through_autoencoder
+        picked["sample"].pop("through_autoencoder")
+    if picked["autoencoder"].get("widths", "absent") is None:  # nor autoencoder.widths
+        picked["autoencoder"].pop("widths")
     blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -263,6 +267,8 @@ def cell_record(
         "composition": config.composition,
         "guidance": config.sample.guidance.model_dump() if config.sample.guidance else None,
         "selection": config.selection.model_dump() if config.selection else None,
+        # Real images decoded from the base's latents (sample.through_autoencoder).
+        "through_autoencoder": config.sample.through_autoencoder,
         "sampler": {  # the sampling settings of a generated set; None for real images
             "steps": config.sample.steps,
             "scheduler": config.sample.scheduler,
@@ -543,8 +549,14 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
             ):
                 measured.status = "not run"
             else:
-                left = sum(1 for c, _ in plan[index - 1 :] if c.status == "to run") * sets
-                print(f"[{index}/{len(plan)}] {label} ({eta(spent, left - set_index)})")
+                # This cell's sets from this one on, and every set of the cells after it.
+                later = [c for c, _ in plan[index:] if c.status == "to run"]
+                left = (
+                    sets
+                    - set_index
+                    + sum(1 if c.column in DETERMINISTIC else args.set_seeds for c in later)
+                )
+                print(f"[{index}/{len(plan)}] {label} ({eta(spent, left)})")
                 started_cell = time.perf_counter()
                 set_tags = tags | {"mdd.set_seed": str(drawn.set_seed())}
                 result = run_cell(core, tracker, drawn, measured, set_tags)

@@ -164,6 +164,8 @@ def _settings(record: dict[str, Any]) -> str:
     if guidance := record.get("guidance"):
         settings = {k: v for k, v in guidance.items() if k != "kind"}
         parts.append(f"{guidance['kind']} " + ", ".join(f"{k} {v}" for k, v in settings.items()))
+    if record.get("through_autoencoder"):
+        parts.append("decoded by the base's autoencoder")
     if selection := record.get("selection"):
         parts.append(f"{selection['kind']} of {selection['oversample']} x IPC candidates")
     return f" ({'; '.join(parts)})" if parts else ""

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -69,6 +70,9 @@ class AutoencoderConfig(Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
     flip: bool = False  # cache horizontally flipped latents too (ImageNet setting)
+    # conv: the channels at full, half and quarter resolution; None: the shipped base's
+    # (16, 32, 64). None keeps the keys made before this setting.
+    widths: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
 
 
 class ModelConfig(Section):
@@ -231,6 +235,10 @@ class SampleConfig(Section):
     # seed. The evaluation networks keep the run's seed, so sets of several seeds are judged
     # by the same networks and their spread is the set's (benchmarks/quality_fmnist.py).
     seed: int | None = Field(None, ge=0)
+    # Real selections (random, herding, kcenter, full) decoded from the base's latents of
+    # the chosen images: the set a generator decoding through that autoencoder could at best
+    # make, so a gap between a real set and its decoded twin is the autoencoder's cost.
+    through_autoencoder: bool = False
 
     @model_validator(mode="after")
     def _guidance_needs_ddpm(self) -> SampleConfig:
@@ -246,12 +254,24 @@ class SampleConfig(Section):
 
 class SelectionConfig(Section):
     """Generate-then-select (``mdd.methods``): ``oversample`` x IPC candidates per class,
-    of which IPC are kept by herding (toward the candidates' mean or, ``real-herding``, the
-    training split's class mean) or k-center in the judge's features, or by the judge's
-    confidence in the intended class."""
+    of which IPC are kept by a rule of ``mdd.methods.selection``: herding (toward the
+    candidates' mean or, ``real-herding``, the training split's class mean) or k-center in
+    the judge's features, the judge's confidence in the intended class, random, or any rule
+    registered there."""
 
-    kind: Literal["none", "herding", "real-herding", "kcenter", "confidence"] = "herding"
+    kind: str = "herding"  # "none", or a rule registered in mdd.methods.selection
     oversample: int = Field(4, ge=2)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        # Read when a config is validated, so a rule registered after import counts.
+        from mdd.methods.selection import candidate_selections
+
+        known = ["none", *candidate_selections()]
+        if kind not in known:
+            raise ValueError(f"unknown selection {kind!r}; known: {', '.join(known)}")
+        return kind
 
 
 class TeacherConfig(Section):
@@ -352,6 +372,12 @@ class Config(Section):
             raise ValueError(
                 f"selection picks among generated candidates; method {self.method} selects "
                 "real images itself. Hint: remove selection, or use minimax, dit or base."
+            )
+        if self.sample.through_autoencoder and self.generative:
+            raise ValueError(
+                f"sample.through_autoencoder decodes selected real images; method "
+                f"{self.method} already decodes what it samples. Hint: remove it, or use "
+                "random, herding, kcenter or full."
             )
         if self.data.phases > 1 and not self.generative:
             raise ValueError(

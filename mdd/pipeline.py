@@ -80,9 +80,13 @@ def execute(
                 )
                 step.run.log_artifact(surrogate / "grid.png")
     else:
+        decoded = None  # real images as they are, or as the base's autoencoder decodes them
+        if config.sample.through_autoencoder:
+            with stages.run("pretrain") as step:
+                decoded = core.base(step.claim, config, step.log)
         with stages.run("select") as step:
             surrogate = step.get(
-                lambda folder: select_surrogate(data, config, folder / "data", device),
+                lambda folder: select_surrogate(data, config, folder / "data", device, decoded),
                 lambda folder: folder / "data",
             )
             step.run.log_artifact(surrogate / "grid.png")

@@ -17,13 +17,17 @@ from mdd.eval.judge import judge_cache_path
 from mdd.phases import class_phases
 
 
+def _autoencoder_settings(config: Config) -> dict[str, Any]:
+    settings = config.autoencoder.model_dump(mode="json")
+    if settings["widths"] is None:  # the default: keys made before autoencoder.widths stay
+        settings.pop("widths")
+    return settings
+
+
 def base_key(config: Config, fingerprint: str) -> str:
     if config.model.path is not None:
         return digest(
-            "pretrained",
-            config.model.preset,
-            config.model.path,
-            config.autoencoder.model_dump(mode="json"),
+            "pretrained", config.model.preset, config.model.path, _autoencoder_settings(config)
         )
     if config.pretrain.checkpoint is not None:
         folder = config.pretrain.checkpoint
@@ -35,7 +39,7 @@ def base_key(config: Config, fingerprint: str) -> str:
         return "shipped-" + folder_identity(folder)
     return digest(
         fingerprint,
-        config.autoencoder.model_dump(mode="json"),
+        _autoencoder_settings(config),
         config.model.preset,
         config.pretrain.model_dump(mode="json"),
         config.seed,
@@ -55,7 +59,10 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         base = base_stage(config, fingerprint)
         stages.append(base)
         # exclude_none: settings added later with a None default keep earlier keys valid.
-        sampling = config.sample.model_dump(mode="json", exclude_none=True)
+        # through_autoencoder is for real selections only (always False here).
+        sampling = config.sample.model_dump(
+            mode="json", exclude_none=True, exclude={"through_autoencoder"}
+        )
         # One candidate pool serves every selection rule with the same oversampling.
         pool = () if config.selection is None else ({"oversample": config.selection.oversample},)
         parts = []
@@ -83,7 +90,12 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         # `full` takes the whole training split whatever the IPC: one selection serves all.
         ipc = None if config.method == "full" else config.sample.ipc
         drawn = () if config.sample.seed is None else ({"set_seed": config.sample.seed},)
-        made = digest(fingerprint, config.method, ipc, config.seed, *drawn)
+        decoded = ()
+        if config.sample.through_autoencoder:  # decoded from the base's latents
+            base = base_stage(config, fingerprint)
+            stages.append(base)
+            decoded = ({"through_autoencoder": base.key},)
+        made = digest(fingerprint, config.method, ipc, config.seed, *drawn, *decoded)
         stages.append(Stage("select", made, root / "surrogate" / made))
     if config.judge.diagnostics:
         # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.

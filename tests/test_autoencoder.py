@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from mdd.config import AutoencoderConfig
+from mdd.config import AutoencoderConfig, build_config
 from mdd.diffusion.autoencoder import (
     ConvAutoencoder,
     IdentityAutoencoder,
@@ -21,6 +21,7 @@ from mdd.diffusion.autoencoder import (
     uint8_to_unit,
 )
 from mdd.errors import ConfigError, DataError
+from mdd.plan import base_key
 
 
 def tiny_vae(**overrides: object) -> AutoencoderKL:
@@ -118,6 +119,23 @@ def test_conv_training_is_reproducible_from_the_seed() -> None:
         for _ in range(2)
     ]
     assert runs[0].identity == runs[1].identity
+
+
+def test_autoencoder_widths_shape_the_trained_model_and_the_base_key(tmp_path: Path) -> None:
+    images = smooth_images(64)
+    wide = train_conv_autoencoder(
+        images, latent_channels=2, widths=(8, 16, 24), epochs=1, batch_size=32, lr=1e-3,
+        seed=3, device="cpu",
+    )  # fmt: skip
+    assert wide.encoder[0].out_channels == 8 and wide.encoder[6].out_channels == 24
+    save_autoencoder(wide, tmp_path / "ae")
+    assert load_autoencoder(tmp_path / "ae").widths == (8, 16, 24)
+    default, given = (
+        build_config({"autoencoder": {"widths": widths}}) for widths in (None, [16, 32, 64])
+    )
+    # None keeps the keys made before the setting; any given widths are part of the key.
+    assert base_key(default, "fp") == base_key(build_config({}), "fp")
+    assert base_key(given, "fp") != base_key(default, "fp")
 
 
 def test_conv_save_load_round_trips_bit_exactly(trained_conv, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,8 +25,9 @@ from mdd.diffusion.sampling import (
     step_std,
 )
 from mdd.errors import ConfigError
-from mdd.methods import SELECTIONS, Candidates, composition_overrides
+from mdd.methods import composition_overrides
 from mdd.methods.mode import ModeGuidance, class_modes, kmeans, mode_targets
+from mdd.methods.selection import SELECTIONS, Pool
 from mdd.plan import plan
 from tests.test_pipeline import _fingerprint, run_cli, runs_by_name
 from tests.test_sampling import LATENT_SHAPE, _tiny_dit
@@ -165,15 +165,17 @@ def test_selection_plugins_pick_in_the_judges_features_or_by_its_confidence() ->
     features = torch.tensor([[0.0], [1.0], [2.0], [10.0], [100.0], [101.0]])
     labels = torch.tensor([0, 0, 0, 0, 1, 1])
     probabilities = torch.tensor([[0.9, 0.1]] * 3 + [[0.2, 0.8]] + [[0.4, 0.6], [0.3, 0.7]])
-    judge = SimpleNamespace(features=lambda images: features, probabilities=lambda x: probabilities)
-    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
-    pool = Candidates(judge, images, labels, labels, lambda: features)
+    pool = Pool(labels, lambda: features, lambda: probabilities, labels, lambda: features, 0)
     # k-center starts at the item nearest the class mean (3.25: the one at 2), then the farthest.
     assert SELECTIONS["kcenter"](pool, 2).tolist() == [2, 3, 4, 5]
     # Herding's first pick is the item nearest the class mean (3.25: the one at 2; class 1's
     # 100.5 is as near 100 as 101, and the earlier wins).
     assert SELECTIONS["herding"](pool, 1).tolist() == [2, 4]
     assert SELECTIONS["confidence"](pool, 1).tolist() == [0, 5]
+
+
+def _unused() -> torch.Tensor:
+    raise AssertionError("this rule must not ask for it")
 
 
 def test_real_herding_matches_the_training_splits_class_mean_not_the_pools() -> None:
@@ -183,9 +185,7 @@ def test_real_herding_matches_the_training_splits_class_mean_not_the_pools() -> 
     real_features = torch.tensor([[0.4], [1.4], [101.0], [103.0]])
     labels = torch.tensor([0, 0, 0, 0, 1, 1])
     real_labels = torch.tensor([0, 0, 1, 1])
-    judge = SimpleNamespace(features=lambda images: candidate_features)
-    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
-    pool = Candidates(judge, images, labels, real_labels, lambda: real_features)
+    pool = Pool(labels, lambda: candidate_features, _unused, real_labels, lambda: real_features, 0)
     # Step 1 takes the candidate nearest 0.9 (the one at 1) and nearest 102 (at 101). Step 2
     # of class 0 wants 2 x 0.9 - 1 = 0.8: the one at 0 (0.8 away) beats the one at 2 (1.2);
     # class 1's only other candidate is the one at 100.

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# The conv autoencoder's channels at full, half and quarter resolution (the shipped base's).
+DEFAULT_WIDTHS = (16, 32, 64)
 
 
 def uint8_to_unit(images_uint8: Tensor) -> Tensor:
@@ -200,7 +202,7 @@ class ConvAutoencoder(Autoencoder):
         self,
         in_channels: int = 1,
         latent_channels: int = 4,
-        widths: tuple[int, int, int] = (16, 32, 64),
+        widths: tuple[int, int, int] = DEFAULT_WIDTHS,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -254,6 +256,7 @@ def train_conv_autoencoder(
     images_uint8: Tensor,
     *,
     latent_channels: int,
+    widths: tuple[int, int, int] | None = None,
     epochs: float,
     batch_size: int,
     lr: float,
@@ -274,7 +277,8 @@ def train_conv_autoencoder(
     # Seed the initialisation without touching the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ConvAutoencoder(images.shape[1], latent_channels).to(device)
+        model = ConvAutoencoder(images.shape[1], latent_channels, widths or DEFAULT_WIDTHS)
+        model = model.to(device)
     model.latent_shape(tuple(images.shape[1:]))
     shuffler = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(images.shape[0] / batch_size)

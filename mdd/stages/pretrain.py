@@ -65,6 +65,7 @@ def prepare_autoencoder(
     autoencoder = train_conv_autoencoder(
         train.images,
         latent_channels=ae_cfg.latent_channels,
+        widths=ae_cfg.widths,
         epochs=ae_cfg.epochs,
         batch_size=ae_cfg.batch_size,
         lr=ae_cfg.lr,

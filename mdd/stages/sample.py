@@ -24,7 +24,7 @@ from mdd.data.surrogate import write_surrogate
 from mdd.diffusion.base import BaseModel
 from mdd.diffusion.sampling import Steer, make_labels, sample_latents
 from mdd.distributed import ALONE, World
-from mdd.methods import GUIDANCES, ROUNDS, SamplingContext
+from mdd.methods import GUIDANCES, SamplingContext
 from mdd.runtime import autocast_dtype
 from mdd.stages import surrogate_manifest
 
@@ -107,12 +107,12 @@ def sample_surrogate(
     if sample.guidance is not None:
         # A guidance that reads the class's earlier samples (IGD's memory) samples in rounds
         # of one image per class, so each round sees every earlier one, whatever batch_size.
-        rounds = sample.guidance.kind in ROUNDS
-        if rounds:
+        plugin = GUIDANCES[sample.guidance.kind]
+        if plugin.rounds:
             labels = round_major(labels)
             batch_size = base.num_classes
         context = SamplingContext(config, data, latents, labels, base.autoencoder.decode, device)
-        steer = GUIDANCES[sample.guidance.kind](sample.guidance, context)
+        steer = plugin.build(sample.guidance, context)
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
     if steer is None and world.split:

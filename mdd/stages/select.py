@@ -1,67 +1,69 @@
 """Selection: real images instead of generated ones (METHOD.md section 6), or the best of
-a generated candidate pool.
+a generated candidate pool, by the one registry of selection rules (``mdd.methods.selection``).
 
 ``random``, ``herding`` and ``kcenter`` pick IPC training images per class; ``full``
 takes the whole training split (the upper bound). ``select_candidates`` keeps IPC of each
-class's generated candidates by a selection plug-in (``mdd.methods``). The result is
-written in the same surrogate format as generated sets, so the evaluation cannot tell
-them apart.
+class's generated candidates by the rule ``selection.kind`` names. The result is written in
+the same surrogate format as generated sets, so the evaluation cannot tell them apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import torch
 
-from mdd.baselines import select_herding, select_kcenter, select_random
 from mdd.config import Config
+from mdd.core import LoadedBase
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import read_surrogate, write_surrogate
-from mdd.eval.judge import load_judge, train_features
-from mdd.methods import SELECTIONS, Candidates
+from mdd.eval.judge import Judge, load_judge, train_features
+from mdd.methods.selection import SELECTIONS, Pool
 from mdd.stages import surrogate_manifest
 
 
-def _features(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return train_features(lambda: load_judge(data, config, device), data, config)
-
-
-def _random(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return select_random(data.train.labels, config.sample.ipc, config.set_seed())
-
-
-def _herding(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return select_herding(_features(data, config, device), data.train.labels, config.sample.ipc)
-
-
-def _kcenter(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    features = _features(data, config, device)
-    return select_kcenter(features, data.train.labels, config.sample.ipc)
-
-
-def _full(data: DatasetSplits, config: Config, device: torch.device) -> torch.Tensor:
-    return torch.arange(len(data.train))
-
-
-SELECTORS: dict[str, Callable[[DatasetSplits, Config, torch.device], torch.Tensor]] = {
-    "random": _random,
-    "herding": _herding,
-    "kcenter": _kcenter,
-    "full": _full,
-}
+def _pool(
+    labels: torch.Tensor, images: torch.Tensor | None, data: DatasetSplits, config: Config,
+    device: torch.device,
+) -> Pool:  # fmt: skip
+    """``images`` (None: the training split) as a pool; the judge is loaded when first asked."""
+    judge: Callable[[], Judge] = cache(lambda: load_judge(data, config, device))
+    real = cache(lambda: train_features(judge, data, config))
+    shown = data.train.images if images is None else images
+    return Pool(
+        labels,
+        real if images is None else cache(lambda: judge().features(shown)),
+        cache(lambda: judge().probabilities(shown)),
+        data.train.labels,
+        real,
+        config.set_seed(),
+    )
 
 
 def select_surrogate(
-    data: DatasetSplits, config: Config, folder: Path, device: torch.device
+    data: DatasetSplits,
+    config: Config,
+    folder: Path,
+    device: torch.device,
+    decoded: LoadedBase | None = None,
 ) -> Path:
-    index = SELECTORS[config.method](data, config, device)
-    manifest = surrogate_manifest(config, None, data_fingerprint=data.fingerprint)
+    """The training images ``config.method`` picks, or with ``decoded``
+    (``sample.through_autoencoder``) the base's autoencoder's decoding of their cached
+    latents, as the sampler's images are made."""
     train = data.train
-    return write_surrogate(
-        folder, train.images[index], train.labels[index], data.class_names, manifest
-    )
+    index = SELECTIONS[config.method](_pool(train.labels, None, data, config, device),
+                                      config.sample.ipc)  # fmt: skip
+    images = train.images[index]
+    extra: dict[str, str] = {}
+    if decoded is not None:
+        autoencoder = decoded.model.autoencoder
+        latents = decoded.latents.mean[index]  # the first len(train) items are unflipped
+        images = autoencoder.decode_batched(latents, config.sample.batch_size, device)
+        extra["through_autoencoder"] = autoencoder.identity
+    manifest = surrogate_manifest(config, None, data_fingerprint=data.fingerprint, **extra)
+    return write_surrogate(folder, images, train.labels[index], data.class_names, manifest)
 
 
 def select_candidates(
@@ -71,16 +73,8 @@ def select_candidates(
     judged by the judge (trained on the training split only)."""
     assert config.selection is not None  # the plan has this stage only with a selection
     candidates = read_surrogate(pool)
-    judge = load_judge(data, config, device)
-    pick = SELECTIONS[config.selection.kind]
-    offered = Candidates(
-        judge,
-        candidates.images,
-        candidates.labels,
-        data.train.labels,
-        lambda: train_features(lambda: judge, data, config),
-    )
-    index = pick(offered, config.sample.ipc)
+    offered = _pool(candidates.labels, candidates.images, data, config, device)
+    index = SELECTIONS[config.selection.kind](offered, config.sample.ipc)
     source = candidates.manifest["source_checkpoint"]
     manifest = surrogate_manifest(
         config,
