@@ -18,8 +18,9 @@ s)"), the total wall time and the hardware; ``--out`` also writes table.md and r
         [--cached-only]
 
 Each cell it finishes also writes a result file under ``benchmarks/results/fashion_mnist/``
-(``quality_results.py``), which a rerun reads back instead of recomputing the cell while the
-settings it depends on are unchanged; the README's table is rendered from those files.
+(``mdd.results``, tabulated by ``mdd.grid``), which a rerun reads back instead of recomputing
+the cell while the settings it depends on are unchanged; the README's table is rendered from
+those files.
 
 The stage cache makes it resumable as well: a cell computed by an earlier run (or by
 ``mdd-run`` with the same settings) is read back, not recomputed, so the hours of the full
@@ -37,15 +38,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# benchmarks/quality_results.py, beside this script: the grid's columns and its folder.
-from quality_results import COLUMNS, DETERMINISTIC, PLUGINS, RESULTS
-
 from mdd.cli import add_set_argument, stop_on_sigterm
 from mdd.config import GENERATIVE, Config, load_config
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.eval.judge import judge_identity
 from mdd.eval.protocols import protocol_for
+from mdd.grid import COLUMNS, DETERMINISTIC, PLUGINS
 from mdd.machine import hardware
 from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
@@ -57,6 +56,7 @@ from mdd.sweep import best_params
 from mdd.tracking import Tracker, git_state, redact
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"  # the committed result files, a folder a dataset
 NETWORK = "convnet3"
 PUBLISHED_WEIGHTS = (0.002, 0.008)  # lambda_r, lambda_d (METHOD.md section 2)
 # Settings that say where, not what: they stay out of a result file's config hash.

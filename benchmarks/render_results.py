@@ -20,53 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from quality_results import (
-    RESULTS,
-    load_results,
-    render_plugins,
-    render_sets,
-    render_sources,
-    render_table,
-    replace_block,
-)
+from mdd.grid import render, replace_block
 
-# METHOD.md section 6: DC / DSA / KIP (network-transferred) on Fashion-MNIST, ConvNet-3.
-PUBLISHED = {
-    "fashion_mnist": {1: "70.5 / 70.6 / 73.8", 10: "82.3 / 84.6 / 86.8", 50: "83.6 / 88.7 / 87.8"}
-}
-WHOLE_SET = {"fashion_mnist": "about 93.5"}
-
-
-def render(dataset: str, folder: Path | None = None) -> str:
-    """The grid of ``dataset``'s own result folder, or the plug-in table of another one."""
-    grid = folder is None or folder.resolve() == (RESULTS / dataset).resolve()
-    records = load_results(folder or RESULTS / dataset)
-    sources = render_sources(records) or "- no cell has a result file yet."
-    sets = render_sets(folder or RESULTS / dataset)
-    sets_text = (
-        "Set-level readings: each set drawn with its own seed and evaluated by the same "
-        "networks' seeds; a margin under two set-level stds is level "
-        f"(`mdd/stats.py`):\n\n{sets}\n\n"
-        if sets
-        else ""
-    )
-    if not grid:
-        return f"{render_plugins(records, grid_columns=True)}\n\n{sets_text}{sources}"
-    table = render_table(records, PUBLISHED.get(dataset, {}))
-    notes = "Last-epoch test accuracy %, mean ± std over the networks of each cell"
-    if dataset in WHOLE_SET:
-        # `full` is trained for fewer epochs than the protocol's 1000; the files say how many.
-        epochs = sorted({r["epochs"] for r in records if r["column"] == "full"})
-        length = f" for {' / '.join(map(str, epochs))} epochs" if epochs else ""
-        notes += (
-            f" (ConvNet-3, DC protocol); `full` trains on the whole training split{length} "
-            f"(published: {WHOLE_SET[dataset]})."
-        )
-    else:
-        notes += "."
-    plugins = render_plugins(records)
-    body = f"{table}\n\n{notes}\n\nPlug-in compositions (`mdd.methods`):\n\n{plugins}"
-    return f"{body}\n\n{sets_text}{sources}"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--write", type=Path, metavar="README", help="replace the block there")
     action.add_argument("--check", type=Path, metavar="README", help="exit 1 if it differs")
     args = parser.parse_args(argv)
-    body = render(args.dataset, args.results)
+    body = render(args.dataset, RESULTS, args.results)
     block = f"quality-{args.results.resolve().name if args.results else args.dataset}"
     if args.write is None and args.check is None:
         print(body)

@@ -17,6 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from mdd.grid import PLUGINS, load_results, render_sets
 from mdd.results import read_result, read_sets
 from mdd.sweep import best_params
 from mdd.tracking import git_state
@@ -24,8 +25,6 @@ from tests.conftest import write_tiny_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality_fmnist.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
-from quality_results import PLUGINS, load_results, render_sets  # noqa: E402
 
 COLUMNS = ["random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full", *PLUGINS]
 EXPERIMENT = "quality_fmnist_quick"

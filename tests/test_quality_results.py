@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's own modules, as it runs them
-from quality_results import load_results, render_sources, render_table, replace_block  # noqa: E402
-from render_results import render  # noqa: E402
+from mdd.grid import load_results, render, render_sources, render_table, replace_block
+from mdd.results import read_result, result_path, write_result
 
-from mdd.results import read_result, result_path, write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def record(column: str, ipc: int, mean: float, std: float) -> dict:
@@ -95,7 +94,7 @@ def test_a_study_folder_renders_its_plugin_table_and_sources_without_the_grid(
 ) -> None:
     study = tmp_path / "fashion_mnist_pools"
     write_result(result_path(study, "dit+kcenter", 1), record("dit+kcenter", 1, 68.744, 0.1))
-    body = render("fashion_mnist", study)
+    body = render("fashion_mnist", RESULTS, study)
     assert "| IPC | random |" not in body  # the grid's columns belong to the grid's folder
     assert body.splitlines()[:3] == [
         "| IPC | dit+kcenter |",
@@ -105,18 +104,15 @@ def test_a_study_folder_renders_its_plugin_table_and_sources_without_the_grid(
     assert "- dit+kcenter at IPC 1: Some CPU" in body
 
 
-def test_the_grid_note_says_how_many_epochs_full_was_trained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import render_results
-
-    monkeypatch.setattr(render_results, "RESULTS", tmp_path)  # the grid's folder, here
-    grid = tmp_path / "fashion_mnist"
+def test_the_grid_note_says_how_many_epochs_full_was_trained(tmp_path: Path) -> None:
+    grid = tmp_path / "fashion_mnist"  # the grid's folder, under a results root of its own
     write_result(result_path(grid, "dit", 10), record("dit", 10, 72.6, 0.2) | {"epochs": 1000})
-    assert "`full` trains on the whole training split (published" in render("fashion_mnist")
+    note = "`full` trains on the whole training split (published"
+    assert note in render("fashion_mnist", tmp_path)
     full = record("full", 10, 91.72, 0.22) | {"epochs": 20}
     write_result(result_path(grid, "full", 10), full)
-    assert "whole training split for 20 epochs (published: about 93.5)" in render("fashion_mnist")
+    note = "whole training split for 20 epochs (published: about 93.5)"
+    assert note in render("fashion_mnist", tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The quality grid's tables, rendered from its result files (``mdd.results``).
+"""The quality grid: its columns, and its tables rendered from result files (``mdd.results``).
 
 Each finished cell of ``benchmarks/quality_fmnist.py`` leaves
 ``benchmarks/results/<dataset>/<column>-ipc<N>.json``; the README's tables are rendered
@@ -15,8 +15,6 @@ from mdd.config import FinetuneConfig, SampleConfig
 from mdd.results import read_results, read_sets
 from mdd.stats import compare, set_level
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 COLUMNS = ("random", "herding", "kcenter", "dit", "minimax", "minimax-swept", "full")
 # Plug-in compositions (``mdd.methods``) of the grid, in a table of their own: MGD3's mode
 # guidance, IGD's influence guidance and generate-then-select by the judge's confidence.
@@ -179,3 +177,43 @@ def replace_block(text: str, name: str, body: str) -> str:
     head, rest = text.split(start)
     _, tail = rest.split(end)
     return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+# METHOD.md section 6: DC / DSA / KIP (network-transferred) on Fashion-MNIST, ConvNet-3.
+PUBLISHED = {
+    "fashion_mnist": {1: "70.5 / 70.6 / 73.8", 10: "82.3 / 84.6 / 86.8", 50: "83.6 / 88.7 / 87.8"}
+}
+WHOLE_SET = {"fashion_mnist": "about 93.5"}
+
+
+def render(dataset: str, results: Path, folder: Path | None = None) -> str:
+    """The grid of ``dataset``'s own folder under ``results`` (benchmarks/results), or the
+    plug-in table of another folder (a study of one setting)."""
+    grid = folder is None or folder.resolve() == (results / dataset).resolve()
+    records = load_results(folder or results / dataset)
+    sources = render_sources(records) or "- no cell has a result file yet."
+    sets = render_sets(folder or results / dataset)
+    sets_text = (
+        "Set-level readings: each set drawn with its own seed and evaluated by the same "
+        "networks' seeds; a margin under two set-level stds is level "
+        f"(`mdd/stats.py`):\n\n{sets}\n\n"
+        if sets
+        else ""
+    )
+    if not grid:
+        return f"{render_plugins(records, grid_columns=True)}\n\n{sets_text}{sources}"
+    table = render_table(records, PUBLISHED.get(dataset, {}))
+    notes = "Last-epoch test accuracy %, mean ± std over the networks of each cell"
+    if dataset in WHOLE_SET:
+        # `full` is trained for fewer epochs than the protocol's 1000; the files say how many.
+        epochs = sorted({r["epochs"] for r in records if r["column"] == "full"})
+        length = f" for {' / '.join(map(str, epochs))} epochs" if epochs else ""
+        notes += (
+            f" (ConvNet-3, DC protocol); `full` trains on the whole training split{length} "
+            f"(published: {WHOLE_SET[dataset]})."
+        )
+    else:
+        notes += "."
+    plugins = render_plugins(records)
+    body = f"{table}\n\n{notes}\n\nPlug-in compositions (`mdd.methods`):\n\n{plugins}"
+    return f"{body}\n\n{sets_text}{sources}"
