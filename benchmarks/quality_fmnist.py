@@ -237,6 +237,8 @@ def result_hash(config: Config, fingerprint: str) -> str:
         picked["sample"].pop("through_autoencoder")
     if picked["autoencoder"].get("widths", "absent") is None:  # nor autoencoder.widths
         picked["autoencoder"].pop("widths")
+    if picked["sample"].get("start", "absent") is None:  # nor sample.start
+        picked["sample"].pop("start")
     blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -273,6 +275,8 @@ def cell_record(
             "steps": config.sample.steps,
             "scheduler": config.sample.scheduler,
             "guidance_scale": config.sample.guidance_scale,
+            # Where each sample begins (sample.start); None: pure noise.
+            "start": config.sample.start.model_dump() if config.sample.start else None,
         }
         if config.method in GENERATIVE
         else None,
@@ -303,9 +307,25 @@ def cell_record(
         "machine": _machine(hardware(core.device)),
         # The judge's weights behind the diagnostics and any selection in its features.
         "judge": judge_identity(config, core.data.fingerprint),
+        "base": base_record(config),
         "git_commit": git_state()["mdd.git_commit"],
         "config_hash": result_hash(config, core.data.fingerprint),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def base_record(config: Config) -> dict[str, Any] | None:
+    """Which base a cell sampled or decoded with: its folder and the recipe it was pretrained
+    by (its autoencoder's and DiT's epochs); None where the run pretrained its own (its
+    settings are then the config's, in the hash)."""
+    folder = config.pretrain.checkpoint
+    if folder is None or not (folder / "base.json").is_file():
+        return None
+    made = json.loads((folder / "base.json").read_text())
+    return {
+        "checkpoint": _shown(folder),
+        "autoencoder_epochs": made["autoencoder"]["epochs"],
+        "pretrain_epochs": made["pretrain"]["epochs"],
     }
 
 

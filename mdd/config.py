@@ -221,6 +221,17 @@ GuidanceConfig = Annotated[
 ]
 
 
+class StartConfig(Section):
+    """Each sample begins from a prototype of its class noised, not from pure noise, and
+    runs the last ``strength`` of the sampling steps (image-to-image diffusion from class
+    prototypes, as D4M, Su et al., CVPR 2024): ``prototypes`` are the k-means centres of
+    the class's training latents, one per sample of the class (``mdd.methods.mode``)."""
+
+    kind: Literal["prototypes"] = "prototypes"
+    # The fraction of the respaced steps run: near 0 the decoded prototype, 1 all of them.
+    strength: float = Field(0.7, gt=0, le=1)
+
+
 class SampleConfig(Section):
     ipc: int = Field(10, ge=1)
     guidance_scale: float = Field(2.0, ge=1)
@@ -239,6 +250,8 @@ class SampleConfig(Section):
     # the chosen images: the set a generator decoding through that autoencoder could at best
     # make, so a gap between a real set and its decoded twin is the autoencoder's cost.
     through_autoencoder: bool = False
+    # None: every sample starts from pure noise (and earlier keys stay as they were).
+    start: StartConfig | None = None
 
     @model_validator(mode="after")
     def _guidance_needs_ddpm(self) -> SampleConfig:
@@ -379,6 +392,11 @@ class Config(Section):
                 f"{self.method} already decodes what it samples. Hint: remove it, or use "
                 "random, herding, kcenter or full."
             )
+        if self.sample.start is not None and not self.generative:
+            raise ValueError(
+                f"sample.start sets where sampling begins; method {self.method} selects real "
+                "images and samples nothing. Hint: remove it, or use minimax, dit or base."
+            )
         if self.data.phases > 1 and not self.generative:
             raise ValueError(
                 f"data.phases splits the fine-tune and the sampling; method {self.method} "
@@ -397,9 +415,12 @@ class Config(Section):
 
     @property
     def composition(self) -> str:
-        """The method as its parts: fine-tune, then guidance and selection when there are
-        any, e.g. ``minimax``, ``dit+kcenter``, ``base+mode+confidence``."""
+        """The method as its parts: fine-tune, then where sampling starts, guidance and
+        selection when there are any, e.g. ``minimax``, ``dit+prototypes``, ``dit+kcenter``,
+        ``base+mode+confidence``."""
         parts = [self.method]
+        if self.sample.start is not None:
+            parts.append(self.sample.start.kind)
         if self.sample.guidance is not None:
             parts.append(self.sample.guidance.kind)
         if self.selection is not None:

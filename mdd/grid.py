@@ -82,6 +82,8 @@ def render_plugins(records: list[dict[str, Any]], grid_columns: bool = False) ->
 
 # Columns whose set no seed changes (herding and k-center of real images, the whole split):
 # one set, whatever --set-seeds asks.
+# The embedded default's base, which the notes name once; a cell of another says which.
+SHIPPED_BASE = "mdd/assets/fashion_mnist_base"
 DETERMINISTIC = ("herding", "kcenter", "full")
 # What a set-level reading is compared with at its IPC: the real-image baselines.
 REFERENCES = ("herding", "random")
@@ -159,6 +161,14 @@ def _settings(record: dict[str, Any]) -> str:
             parts.append(f"{sampler['steps']} {sampler['scheduler'].upper()} steps")
         if sampler["guidance_scale"] != defaults.guidance_scale:
             parts.append(f"guidance scale {sampler['guidance_scale']:g}")
+        if start := sampler.get("start"):
+            parts.append(f"from {start['kind']}, strength {start['strength']:g}")
+    base = record.get("base")
+    if base and base["checkpoint"] != SHIPPED_BASE:
+        parts.append(
+            f"base {base['checkpoint']}: autoencoder {base['autoencoder_epochs']:g} epochs, "
+            f"DiT {base['pretrain_epochs']:g}"
+        )
     if guidance := record.get("guidance"):
         settings = {k: v for k, v in guidance.items() if k != "kind"}
         parts.append(f"{guidance['kind']} " + ", ".join(f"{k} {v}" for k, v in settings.items()))

@@ -227,7 +227,9 @@ def test_each_finished_cell_leaves_a_result_file_with_what_ran_came_out_and_wher
         "steps": 5,
         "scheduler": "ddpm",
         "guidance_scale": 2.0,
+        "start": None,  # from pure noise
     }
+    assert records[("dit", 1)]["base"] is None  # the smoke experiment pretrains its own
     assert records[("random", 1)]["sampler"] is None  # real images: no sampler
     moded = records[("minimax+mode", 1)]
     assert (moded["method"], moded["composition"], moded["lambda_r"]) == (

@@ -309,13 +309,18 @@ def test_base_with_mode_guidance_samples_the_pretrained_model_without_a_fine_tun
     assert (guided.images.float() - plain.images.float()).abs().mean() > 1.0
 
 
-@pytest.mark.parametrize("name", ["minimax", "base+mode", "dit+kcenter", "minimax+mode+confidence"])
+@pytest.mark.parametrize(
+    "name",
+    ["minimax", "base+mode", "dit+kcenter", "minimax+mode+confidence", "dit+prototypes+mode"],
+)
 def test_a_composition_name_gives_back_the_config_of_that_name(name: str) -> None:
     overrides = composition_overrides(name)
     assert build_config(apply_overrides({}, overrides)).composition == name
 
 
-@pytest.mark.parametrize("name", ["herding+mode", "dit+kcenter+mode", "dit+mode+mode", "dit+x"])
+@pytest.mark.parametrize(
+    "name", ["herding+mode", "dit+kcenter+mode", "dit+mode+mode", "dit+x", "dit+mode+prototypes"]
+)
 def test_a_composition_out_of_order_or_unknown_is_refused_with_the_grammar(name: str) -> None:
-    with pytest.raises(ConfigError, match=r"METHOD\[\+GUIDANCE\]\[\+SELECTION\]"):
+    with pytest.raises(ConfigError, match=r"METHOD\[\+prototypes\]\[\+GUIDANCE\]\[\+SELECTION\]"):
         composition_overrides(name)

@@ -80,6 +80,19 @@ def test_sources_name_sampler_settings_only_where_they_are_not_the_defaults() ->
     assert "dit at IPC 10: Some CPU" in render_sources([default])
     assert "dit at IPC 10 (250 DDPM steps): " in render_sources([longer])
     assert "dit at IPC 10 (guidance scale 1): " in render_sources([unguided])
+    start = {"kind": "prototypes", "strength": 0.5}
+    started = record("dit+prototypes", 10, 74.0, 0.3) | {"sampler": sampler | {"start": start}}
+    assert "dit+prototypes at IPC 10 (from prototypes, strength 0.5): " in render_sources([started])
+
+
+def test_sources_name_the_base_only_where_it_is_not_the_shipped_one() -> None:
+    shipped = {"checkpoint": "mdd/assets/fashion_mnist_base", "autoencoder_epochs": 3.0}
+    other = {"checkpoint": "runs/base_ae10", "autoencoder_epochs": 10.0, "pretrain_epochs": 10.0}
+    plain = record("dit", 10, 72.6, 0.3) | {"base": shipped | {"pretrain_epochs": 10.0}}
+    assert "dit at IPC 10: " in render_sources([plain])
+    assert "dit at IPC 10 (base runs/base_ae10: autoencoder 10 epochs, DiT 10): " in (
+        render_sources([record("dit", 10, 72.6, 0.3) | {"base": other}])
+    )
 
 
 def test_replace_block_sets_the_lines_between_the_markers_and_needs_exactly_one_block() -> None:

@@ -277,3 +277,50 @@ def test_guided_channels_reach_the_sampler(learned_dit) -> None:
     every = _sample(learned_dit, guidance_scale=3.0)
     first = _sample(learned_dit, guidance_scale=3.0, guided_channels=1)
     assert not torch.allclose(every, first)
+
+
+def _reference_from_start(
+    model: DiTTransformer2DModel, labels: torch.Tensor, start: torch.Tensor, kept: int
+) -> torch.Tensor:
+    """One item at a time: noise ``start`` to the first of the last ``kept`` respaced
+    timesteps with the item's first draw, then run those steps (guidance scale 1, DDPM)."""
+    results = []
+    with torch.no_grad():
+        for index, label in enumerate(labels.tolist()):
+            scheduler = make_scheduler("ddpm", 8, learned_variance=True)
+            generator = item_generator(0, index)
+            noise = torch.randn(1, *LATENT_SHAPE, generator=generator)
+            timesteps = scheduler.timesteps.tolist()[-kept:]
+            abar = float(scheduler.alphas_cumprod[timesteps[0]])
+            x = abar**0.5 * start[index : index + 1] + (1 - abar) ** 0.5 * noise
+            for t in timesteps:
+                output = model(x, timestep=torch.tensor([t]), class_labels=torch.tensor([label]))
+                x = scheduler.step(output.sample, t, x, generator=generator).prev_sample
+            results.append(x)
+    return torch.cat(results)
+
+
+def test_a_start_runs_the_last_steps_from_the_start_noised_as_a_one_item_reference(
+    learned_dit,
+) -> None:
+    labels = torch.tensor([4, 0, 2])
+    start = torch.randn(3, *LATENT_SHAPE, generator=torch.Generator().manual_seed(5))
+    # strength 0.5 of 8 steps: the last 4 run.
+    got = _sample(learned_dit, labels=labels, guidance_scale=1.0, start=start, strength=0.5)
+    _assert_close(got, _reference_from_start(learned_dit, labels, start, kept=4))
+    plain = _sample(learned_dit, labels=labels, guidance_scale=1.0)
+    assert not torch.allclose(got, plain)
+
+
+def test_the_smallest_strength_returns_about_the_start_and_a_bad_one_is_refused(
+    learned_dit,
+) -> None:
+    labels = torch.tensor([1, 3])
+    start = torch.randn(2, *LATENT_SHAPE, generator=torch.Generator().manual_seed(6))
+    # One step from t = 0, where abar is 1 - 1e-4: the start comes back nearly as it was.
+    got = _sample(learned_dit, labels=labels, start=start, strength=1e-3)
+    assert (got - start).abs().max() < 0.1
+    with pytest.raises(ConfigError, match="strength"):
+        _sample(learned_dit, labels=labels, start=start, strength=0.0)
+    with pytest.raises(ConfigError, match="start latents"):
+        _sample(learned_dit, labels=labels, start=start[:1])

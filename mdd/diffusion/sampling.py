@@ -101,6 +101,8 @@ def sample_latents(
     weights: Mapping[str, torch.Tensor] | None = None,
     steer: Steer | None = None,
     first_index: int = 0,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Sample one latent per label; returns float32 ``[N, C, H, W]`` on the CPU.
 
@@ -117,7 +119,21 @@ def sample_latents(
     training flag is restored afterwards. ``weights`` (fine-tuned EMA tensors, named like the
     model's parameters) stand in for those parameters; the model itself is not changed.
     ``steer`` (a guidance plug-in, ``mdd.methods``) adjusts every DDPM step's result.
+
+    ``start`` (``[N, C, H, W]`` clean latents, one per label) begins each item from its
+    latent noised instead of from pure noise, as image-to-image diffusion does (SDEdit; D4M
+    starts from class prototypes): only the last ``round(strength * steps)`` steps of the
+    respaced schedule run (at least one), and item ``i`` starts at the first of them, ``t0``,
+    from ``sqrt(abar_t0) * start_i + sqrt(1 - abar_t0) * z_i`` with ``z_i`` the first draw of
+    its generator (the noise it would start from without ``start``).
     """
+    if not 0 < strength <= 1:
+        raise ConfigError(f"sample.start.strength must lie in (0, 1], got {strength}")
+    if start is not None and tuple(start.shape) != (len(labels), *latent_shape):
+        raise ConfigError(
+            f"start latents of shape {tuple(start.shape)} do not match {len(labels)} items of "
+            f"latent shape {tuple(latent_shape)}"
+        )
     channels = latent_shape[0]
     config = model.config
     if config.in_channels != channels:
@@ -155,16 +171,17 @@ def sample_latents(
     try:
         with torch.inference_mode():
             starts = range(0, len(labels), batch_size)
-            for start in progress_bar(starts, desc="sampling", unit="batch", disable=not progress):
-                stop = min(start + batch_size, len(labels))
-                items = range(first_index + start, first_index + stop)
+            for first in progress_bar(starts, desc="sampling", unit="batch", disable=not progress):
+                stop = min(first + batch_size, len(labels))
+                items = range(first_index + first, first_index + stop)
                 generators = [item_generator(seed, index) for index in items]
-                batch = labels[start:stop].to(device)
+                batch = labels[first:stop].to(device)
+                begin = None if start is None else start[first:stop].to(device, torch.float32)
                 x = _sample_batch(
                     denoise, noise_scheduler, batch, generators, latent_shape, guide,
-                    steer, slice(start, stop),
+                    steer, slice(first, stop), begin, strength,
                 )  # fmt: skip
-                latents[start:stop] = x.cpu()
+                latents[first:stop] = x.cpu()
     finally:
         model.train(was_training)
     return latents
@@ -225,6 +242,8 @@ def _sample_batch(
     guide: Guidance,
     steer: Steer | None,
     items: slice,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     channels = latent_shape[0]
     guided = guide.scale != 1.0
@@ -235,7 +254,14 @@ def _sample_batch(
     null = torch.full_like(labels, guide.null_class)
     class_labels = torch.cat([labels, null]) if guided else labels
     timesteps = noise_scheduler.timesteps.tolist()
-    for index, timestep in enumerate(timesteps):
+    skipped = 0
+    if start is not None:
+        skipped = len(timesteps) - max(1, round(strength * len(timesteps)))
+        abar = float(noise_scheduler.alphas_cumprod[timesteps[skipped]])
+        x = abar**0.5 * start + (1 - abar) ** 0.5 * x
+    # A guidance sees each step's place in the whole schedule, so its step counts keep
+    # their meaning when the first steps are skipped.
+    for index, timestep in enumerate(timesteps[skipped:], start=skipped):
         t = torch.full((2 * len(x) if guided else len(x),), timestep, device=device)
 
         def guided_output(

@@ -30,6 +30,8 @@ from mdd.methods.selection import candidate_selections
 
 # The modes are a property of the data, not of a run: one k-means seed for every run.
 MODE_SEED = 0
+# The composition's part of a set sampled from class prototypes (``sample.start``).
+START = "prototypes"
 
 
 @dataclass(frozen=True)
@@ -93,16 +95,19 @@ def _influence(cfg: InfluenceGuidanceConfig, context: SamplingContext) -> Steer:
 
 def composition_overrides(name: str) -> list[str]:
     """The ``--set`` overrides of a composition named as ``Config.composition`` names it
-    (``dit+mode+kcenter``: method, then a guidance, then a selection, each at most once)."""
+    (``dit+mode+kcenter``: method, then where sampling starts, a guidance, a selection, each
+    at most once)."""
     method, *parts = name.split("+")
     hint = (
-        f"composition {name!r}: expected METHOD[+GUIDANCE][+SELECTION], METHOD one of "
-        f"{', '.join(GENERATIVE)}, GUIDANCE one of {', '.join(GUIDANCES)}, SELECTION one of "
-        f"{', '.join(candidate_selections())}"
+        f"composition {name!r}: expected METHOD[+{START}][+GUIDANCE][+SELECTION], METHOD one "
+        f"of {', '.join(GENERATIVE)}, GUIDANCE one of {', '.join(GUIDANCES)}, SELECTION one "
+        f"of {', '.join(candidate_selections())}"
     )
     if not method or (parts and method not in GENERATIVE):
         raise ConfigError(hint)
     overrides = [f"method={method}"]
+    if parts and parts[0] == START:
+        overrides.append(f"sample.start.kind={parts.pop(0)}")
     guidance = parts.pop(0) if parts and parts[0] in GUIDANCES else None
     selection = parts.pop(0) if parts and parts[0] in candidate_selections() else None
     if parts:

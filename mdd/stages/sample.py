@@ -24,7 +24,8 @@ from mdd.data.surrogate import write_surrogate
 from mdd.diffusion.base import BaseModel
 from mdd.diffusion.sampling import Steer, make_labels, sample_latents
 from mdd.distributed import ALONE, World
-from mdd.methods import GUIDANCES, SamplingContext
+from mdd.methods import GUIDANCES, MODE_SEED, SamplingContext
+from mdd.methods.mode import class_modes, mode_targets
 from mdd.runtime import autocast_dtype
 from mdd.stages import surrogate_manifest
 
@@ -40,10 +41,12 @@ def generate_images(
     weights: Mapping[str, torch.Tensor] | None = None,
     steer: Steer | None = None,
     first_index: int = 0,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decoded uint8 images, one per dataset label, from the base with ``weights`` in place
     of its own trained tensors (the base as it is when None), ``steer`` adjusting each step;
-    ``labels`` are the call's items from ``first_index`` on (a rank's shard)."""
+    ``labels`` are the call's items from ``first_index`` on (a rank's shard), ``start``
+    their latents to begin from (``sample.start``; pure noise when None)."""
     latents = sample_latents(
         base.transformer,
         base.class_ids[labels],
@@ -60,6 +63,8 @@ def generate_images(
         weights=weights,
         steer=steer,
         first_index=first_index,
+        start=start,
+        strength=1.0 if cfg.start is None else cfg.start.strength,
     )
     return base.autoencoder.decode_batched(latents, cfg.batch_size, device)
 
@@ -113,16 +118,19 @@ def sample_surrogate(
             batch_size = base.num_classes
         context = SamplingContext(config, data, latents, labels, base.autoencoder.decode, device)
         steer = plugin.build(sample.guidance, context)
+    start = None
+    if sample.start is not None:
+        start = prototype_starts(latents, labels, base.num_classes, per_class)
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
     if steer is None and world.split:
         seed = config.set_seed()
-        images = _sample_shards(base, labels, settings, seed, device, weights, world, first)
+        images = _sample_shards(base, labels, settings, seed, device, weights, world, first, start)
         if images is None:
             return None
     elif world.main:
         seed = config.set_seed()
-        images = generate_images(base, labels, settings, seed, device, weights, steer, first)
+        images = generate_images(base, labels, settings, seed, device, weights, steer, first, start)
     else:
         return None
     sampling_s = time.perf_counter() - started - setup_s
@@ -148,6 +156,7 @@ def _sample_shards(
     weights: Mapping[str, torch.Tensor] | None,
     world: World,
     first: int,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """This rank's classes of the class-major ``labels`` (items ``first`` on of the whole
     set) sampled, all ranks' images on rank 0 in label order (None on the others)."""
@@ -156,9 +165,39 @@ def _sample_shards(
     mine = None  # a world of more ranks than classes leaves some ranks without one
     if len(items):
         start = first + int(items[0])
-        mine = generate_images(base, labels[items], cfg, seed, device, weights, first_index=start)
+        begin = None if start is None else start[items]
+        mine = generate_images(
+            base,
+            labels[items],
+            cfg,
+            seed,
+            device,
+            weights,
+            first_index=first + int(items[0]),
+            start=begin,
+        )
     shards = world.gather(None if mine is None else mine.cpu())
     return None if shards is None else torch.cat([s for s in shards if s is not None])
+
+
+def prototype_starts(
+    latents: LatentSet, labels: torch.Tensor, num_classes: int, per_class: int
+) -> torch.Tensor:
+    """Each item's prototype (``sample.start``): ``per_class`` k-means centres of its class's
+    training latents, item ``i`` of a class (in ``labels``' order) taking centre ``i``."""
+    return prototypes_of(latents.mean, latents.labels, labels, num_classes, per_class)
+
+
+def prototypes_of(
+    latents: torch.Tensor,
+    classes: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    per_class: int,
+) -> torch.Tensor:
+    """``prototype_starts`` of latents ``[N, C, H, W]`` whose labels are ``classes``."""
+    prototypes = class_modes(latents, classes, num_classes, per_class, MODE_SEED)
+    return mode_targets(prototypes, labels)
 
 
 def round_major(labels: torch.Tensor) -> torch.Tensor:
