@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-# quality_fmnist.py beside this script: the cells are configured exactly as it does.
-from quality_fmnist import (
+from mdd.cells import (
     PUBLISHED_WEIGHTS,
     QUICK,
     STANDARD,
     Weights,
-    _column,
-    _tuning,
     cell_config,
+    column_argument,
+    tuning,
 )
-
 from mdd.cli import add_set_argument
 from mdd.core import Core
 from mdd.data.surrogate import read_surrogate
@@ -48,10 +46,10 @@ SHOWN = (
 
 
 def _weights(column: str, best: list[float] | None) -> Weights | None:
-    tuning = _tuning(column)
-    if tuning == "minimax":
+    tuned = tuning(column)
+    if tuned == "minimax":
         return PUBLISHED_WEIGHTS
-    if tuning == "minimax-swept":
+    if tuned == "minimax-swept":
         if best is None:
             raise MddError(f"{column}: give the swept weights with --best-weights LR LD")
         return best[0], best[1]
@@ -64,11 +62,11 @@ def rows(args: argparse.Namespace) -> list[str]:
         "| set | images | " + " | ".join(SHOWN) + " |",
         "|" + "---|" * (len(SHOWN) + 2),
     ]
-    args.experiment, args.repeats, args.full_epochs = None, None, None  # as the benchmark's
     mode = QUICK if args.quick else STANDARD
     core: Core | None = None
     for column in args.methods:
-        config = cell_config(mode, args, column, args.ipc, _weights(column, args.best_weights))
+        weights = _weights(column, args.best_weights)
+        config = cell_config(mode, column, args.ipc, weights, args.overrides)
         if config.selection is None:
             raise MddError(f"{column}: no selection, so no candidate pool to diagnose")
         if core is None:  # the data, the judge and the real images are every column's
@@ -97,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="cells of quality_fmnist.py --quick")
     parser.add_argument("--ipc", type=int, required=True)
-    parser.add_argument("--methods", nargs="+", type=_column, required=True, metavar="COLUMN")
+    parser.add_argument(
+        "--methods", nargs="+", type=column_argument, required=True, metavar="COLUMN"
+    )
     parser.add_argument("--best-weights", type=float, nargs=2, metavar=("LR", "LD"))
     add_set_argument(parser)
     args = parser.parse_args(argv)

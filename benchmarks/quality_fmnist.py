@@ -30,7 +30,6 @@ grid can be spent in parts (``--ipc``, ``--methods``) and tabulated with ``--cac
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -38,15 +37,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mdd.cells import (
+    GRID_KEYS,
+    NETWORK,
+    PUBLISHED_WEIGHTS,
+    QUICK,
+    ROOT,
+    STANDARD,
+    Weights,
+    cell_config,
+    column_argument,
+    result_hash,
+    tuning,
+)
 from mdd.cli import add_set_argument, stop_on_sigterm
-from mdd.config import GENERATIVE, Config, load_config
+from mdd.config import GENERATIVE, Config
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, StageError
 from mdd.eval.judge import judge_identity
 from mdd.eval.protocols import protocol_for
 from mdd.grid import COLUMNS, DETERMINISTIC, PLUGINS
 from mdd.machine import hardware
-from mdd.methods import composition_overrides
 from mdd.pipeline import RunResult, run_with_core
 from mdd.plan import plan as stage_plan
 from mdd.report import DIAGNOSTICS, mean_std
@@ -54,67 +65,6 @@ from mdd.results import read_result, set_path, write_result
 from mdd.stats import set_level
 from mdd.sweep import best_params
 from mdd.tracking import Tracker, git_state, redact
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"  # the committed result files, a folder a dataset
-NETWORK = "convnet3"
-PUBLISHED_WEIGHTS = (0.002, 0.008)  # lambda_r, lambda_d (METHOD.md section 2)
-# Settings that say where, not what: they stay out of a result file's config hash.
-WHERE_KEYS = ("name", "device", "cache_dir", "tracking")
-WHERE_DATA_KEYS = ("root", "val_root", "download_dir")
-# Set by the benchmark itself: the grid (method, IPC) and the protocol every cell shares.
-GRID_KEYS = ("method", "sample.ipc", "eval.protocol", "eval.networks", "sample.seed")
-
-
-@dataclass(frozen=True)
-class Mode:
-    """What a benchmark run starts from; ``--quick`` swaps in tiny sizes."""
-
-    name: str
-    experiment: Path
-    sweep: Path
-    ipcs: tuple[int, ...]
-    repeats: int
-    full_epochs: int  # the DC protocol's 1000 epochs on 55,000 images is days on a CPU
-    overrides: tuple[str, ...]
-    mlflow_experiment: str
-    results: Path | None  # where finished cells leave their result files
-
-
-STANDARD = Mode(
-    name="standard",
-    experiment=ROOT / "experiments" / "fashion_mnist.yaml",
-    sweep=ROOT / "sweeps" / "fashion_mnist.yaml",
-    ipcs=(1, 10, 50),
-    repeats=3,
-    full_epochs=20,
-    # The table reports the last epoch only, so each network is tested once, after its last
-    # epoch, as the DC code does: the protocol's nine earlier passes over the 10,000 test
-    # images are 90,000 forward passes, against 10,000 training images (IPC 1 x 10 classes
-    # x 1000 epochs), and change no number.
-    overrides=("eval.protocol=dc", f"eval.networks=[{NETWORK}]", "eval.evaluations=1"),
-    mlflow_experiment="quality_fmnist",
-    results=RESULTS / "fashion_mnist",
-)
-# A separate MLflow experiment: the report keeps the newest run of a cell, and quick
-# numbers must never stand in for real ones.
-QUICK = Mode(
-    name="quick",
-    experiment=ROOT / "experiments" / "smoke.yaml",
-    sweep=ROOT / "sweeps" / "smoke.yaml",
-    ipcs=(1, 2),
-    repeats=1,
-    full_epochs=2,
-    overrides=(
-        "eval.protocol=dc",
-        f"eval.networks=[{NETWORK}]",
-        "eval.evaluations=1",
-        "eval.epochs=2",
-        "finetune.steps=10",
-    ),
-    mlflow_experiment="quality_fmnist_quick",
-    results=None,  # quick numbers are never results; --results gives a folder for tests
-)
 
 
 @dataclass
@@ -146,30 +96,6 @@ class Cell:
         return f"{accuracy} ({self.distill_wall_s:.1f} s)"
 
 
-Weights = tuple[float, float]  # lambda_r, lambda_d
-
-
-def _tuning(column: str) -> str:
-    """Which fine-tune a column's cells use: its first part (``minimax-swept+mode``: swept)."""
-    return column.split("+", 1)[0]
-
-
-def column_overrides(column: str) -> list[str]:
-    """The method and plug-ins of a column: ``minimax-swept`` is minimax (with the swept
-    weights, set apart), ``dit+mode+confidence`` a composition (``mdd.methods``)."""
-    tuning, *plugins = column.split("+")
-    method = "minimax" if tuning == "minimax-swept" else tuning
-    return composition_overrides("+".join([method, *plugins]))
-
-
-def _column(text: str) -> str:
-    try:
-        column_overrides(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
@@ -197,50 +123,9 @@ def swept_weights(args: argparse.Namespace, sweep: Path) -> tuple[Weights | None
     return (float(best.params[keys[0]]), float(best.params[keys[1]])), source
 
 
-def cell_config(
-    mode: Mode, args: argparse.Namespace, column: str, ipc: int, lambdas: Weights | None
-) -> Config:
-    """The experiment file with the mode's, the cell's and the user's overrides, in that order."""
-    experiment = args.experiment or mode.mlflow_experiment
-    overrides = [
-        *mode.overrides,
-        f"name={experiment}-{column}-ipc{ipc}",
-        *column_overrides(column),
-        f"sample.ipc={ipc}",
-        f"eval.repeats={args.repeats or mode.repeats}",
-        f"tracking.experiment={experiment}",
-    ]
-    if lambdas is not None:
-        overrides += [f"finetune.lambda_r={lambdas[0]}", f"finetune.lambda_d={lambdas[1]}"]
-    if column == "full":
-        overrides.append(f"eval.epochs={args.full_epochs or mode.full_epochs}")
-    return load_config(mode.experiment, [*overrides, *args.overrides])
-
-
 def with_set_seed(config: Config, seed: int) -> Config:
     """``config`` drawing its set with ``seed`` (``sample.seed``), all else the same."""
     return config.model_copy(update={"sample": config.sample.model_copy(update={"seed": seed})})
-
-
-def result_hash(config: Config, fingerprint: str) -> str:
-    """What a cell's numbers depend on: the config less where it ran, and the data's content."""
-    data = config.to_dict()
-    picked = {key: value for key, value in data.items() if key not in WHERE_KEYS}
-    picked["data"] = {k: v for k, v in data["data"].items() if k not in WHERE_DATA_KEYS}
-    if picked["sample"].get("seed") is None:  # files from before sample.seed keep their hash
-        picked["sample"].pop("seed", None)
-    if picked["data"].get("phases") == 1:  # nor those from before data.phases
-        picked["data"].pop("phases")
-    if picked["eval"].get("teacher", "absent") is None:  # nor those from before eval.teacher
-        picked["eval"].pop("teacher")
-    if picked["sample"].get("through_autoencoder") is False:  # nor sample.through_autoencoder
-        picked["sample"].pop("through_autoencoder")
-    if picked["autoencoder"].get("widths", "absent") is None:  # nor autoencoder.widths
-        picked["autoencoder"].pop("widths")
-    if picked["sample"].get("start", "absent") is None:  # nor sample.start
-        picked["sample"].pop("start")
-    blob = json.dumps({"config": picked, "data": fingerprint}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _machine(info: dict[str, Any]) -> dict[str, Any]:
@@ -260,6 +145,7 @@ def cell_record(
 ) -> dict[str, Any]:
     """The result file's content: what ran, what came out, what it cost, and where."""
     evaluated = json.loads((result.stages["evaluate"]["folder"] / "results.json").read_text())
+    git = git_state()
     runs = evaluated["runs"][NETWORK]
     metrics = result.metrics
     return {
@@ -308,7 +194,10 @@ def cell_record(
         # The judge's weights behind the diagnostics and any selection in its features.
         "judge": judge_identity(config, core.data.fingerprint),
         "base": base_record(config),
-        "git_commit": git_state()["mdd.git_commit"],
+        "git_commit": git["mdd.git_commit"],
+        # Whether tracked files differed from that commit ("true"): the code that ran is
+        # then the commit plus changes the file cannot name.
+        "git_dirty": git["mdd.git_dirty"],
         "config_hash": result_hash(config, core.data.fingerprint),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -463,7 +352,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        type=_column,
+        type=column_argument,
         metavar="COLUMN",
         help=f"default: {' '.join(COLUMNS + PLUGINS)}; any composition such as dit+mode+kcenter "
         "or minimax-swept+mode",
@@ -531,13 +420,17 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
     weights: dict[str, tuple[Weights | None, str]] = {
         "minimax": (PUBLISHED_WEIGHTS, "the published defaults (METHOD.md section 2)")
     }
-    if any(_tuning(column) == "minimax-swept" for column in columns):
+    if any(tuning(column) == "minimax-swept" for column in columns):
         weights["minimax-swept"] = swept_weights(args, args.sweep or mode.sweep)
     plan = []
     for ipc in ipcs:
         for column in columns:
-            lambdas = weights[_tuning(column)][0] if _tuning(column) in weights else None
-            plan.append((Cell(column, ipc), cell_config(mode, args, column, ipc, lambdas)))
+            lambdas = weights[tuning(column)][0] if tuning(column) in weights else None
+            config = cell_config(
+                mode, column, ipc, lambdas, args.overrides, experiment=args.experiment,
+                repeats=args.repeats, full_epochs=args.full_epochs,
+            )  # fmt: skip
+            plan.append((Cell(column, ipc), config))
     first = plan[0][1]
     core = Core.load(first)
     tracker = Tracker(first.tracking)
@@ -546,14 +439,14 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
     for index, (cell, config) in enumerate(plan, start=1):
         cell.repeats = config.eval.repeats
         cell.eval_epochs = protocol_for(config, cell.ipc).epochs
-        tuning = _tuning(cell.column)
-        lambdas = weights[tuning][0] if tuning in weights else None
-        if tuning in weights and lambdas is None:
+        tuned = tuning(cell.column)
+        lambdas = weights[tuned][0] if tuned in weights else None
+        if tuned in weights and lambdas is None:
             cell.status = "skipped"
             continue
         tags = {"mdd.config_file": _shown(mode.experiment), "mdd.benchmark": "quality_fmnist"}
-        if tuning == "minimax-swept":
-            tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[tuning][1]}
+        if tuned == "minimax-swept":
+            tags |= {"mdd.variant": "swept", "mdd.weights_source": weights[tuned][1]}
         sets = 1 if cell.column in DETERMINISTIC else args.set_seeds
         for set_index in range(sets):
             # Set k draws its set with seed + k; the networks keep the run's seed.
@@ -599,7 +492,7 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
         "weights": {
             column: {"lambdas": lambdas, "source": source}
             for column, (lambdas, source) in weights.items()
-            if column in {_tuning(c) for c in columns}
+            if column in {tuning(c) for c in columns}
         },
         "cached_only": args.cached_only,
         "hardware": hardware(core.device),

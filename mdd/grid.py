@@ -127,10 +127,12 @@ def render_sources(records: list[dict[str, Any]]) -> str:
     for r in records:
         machine = r["machine"]
         gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
+        # Files from before the flag have none; "unknown" is a copy without git.
+        dirty = " with uncommitted changes" if r.get("git_dirty") == "true" else ""
         lines.append(
             f"- {r['column']} at IPC {r['ipc']}{_settings(r)}: {machine['cpu']} "
             f"({machine['cores']} cores{gpu}), torch {machine['torch']}, commit "
-            f"{r['git_commit'][:7]}, distillation {r['distill_wall_s']:.0f} s, evaluation "
+            f"{r['git_commit'][:7]}{dirty}, distillation {r['distill_wall_s']:.0f} s, evaluation "
             f"{r['eval_wall_s']:.0f} s{_levers(r)}."
         )
     return "\n".join(lines)

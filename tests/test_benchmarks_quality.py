@@ -220,6 +220,7 @@ def test_each_finished_cell_leaves_a_result_file_with_what_ran_came_out_and_wher
         assert record["machine"]["cpu"] and record["machine"]["cores"] >= 1
         assert record["machine"]["torch"].startswith("2.")
         assert len(record["git_commit"]) == 40 and len(record["config_hash"]) == 16
+        assert record["git_dirty"] in ("true", "false")
         assert record["eval_wall_s"] > 0
     assert records[("minimax-swept", 1)]["lambda_r"] == 0.03
     assert records[("dit", 1)]["method"] == "dit"

@@ -85,6 +85,13 @@ def test_sources_name_sampler_settings_only_where_they_are_not_the_defaults() ->
     assert "dit+prototypes at IPC 10 (from prototypes, strength 0.5): " in render_sources([started])
 
 
+def test_sources_say_when_a_cell_ran_with_uncommitted_changes() -> None:
+    clean = record("dit", 10, 72.6, 0.3) | {"git_dirty": "false"}
+    dirty = record("dit", 10, 72.6, 0.3) | {"git_dirty": "true"}
+    assert "commit 0123456, distillation" in render_sources([clean])
+    assert "commit 0123456 with uncommitted changes, distillation" in render_sources([dirty])
+
+
 def test_sources_name_the_base_only_where_it_is_not_the_shipped_one() -> None:
     shipped = {"checkpoint": "mdd/assets/fashion_mnist_base", "autoencoder_epochs": 3.0}
     other = {"checkpoint": "runs/base_ae10", "autoencoder_epochs": 10.0, "pretrain_epochs": 10.0}
