@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from mdd.cli import main
@@ -15,6 +16,9 @@ from mdd.diffusion.base import load_base
 from mdd.stages.sample import generate_images
 
 SHIPPED = Path("mdd/assets/fashion_mnist_base")
+# The same recipe on an autoencoder trained 10 epochs instead of 3 (README: the base on the
+# 10-epoch autoencoder); runs name it with --set pretrain.checkpoint=...
+SHIPPED_AE10 = Path("mdd/assets/fashion_mnist_base_ae10")
 
 
 def test_demo_experiment_points_at_the_shipped_base() -> None:
@@ -23,13 +27,15 @@ def test_demo_experiment_points_at_the_shipped_base() -> None:
     assert (SHIPPED / "base.json").is_file()
 
 
-def test_shipped_base_loads_and_samples_every_class() -> None:
-    base = load_base(SHIPPED, torch.device("cpu"))
-    manifest = json.loads((SHIPPED / "base.json").read_text())
+@pytest.mark.parametrize(("folder", "autoencoder_epochs"), [(SHIPPED, 3), (SHIPPED_AE10, 10)])
+def test_shipped_base_loads_and_samples_every_class(folder: Path, autoencoder_epochs: int) -> None:
+    base = load_base(folder, torch.device("cpu"))
+    manifest = json.loads((folder / "base.json").read_text())
+    assert manifest["autoencoder"]["epochs"] == autoencoder_epochs
     assert manifest["class_names"] == list(CLASS_NAMES)
     assert base.latent_shape == (4, 7, 7)
     assert base.num_classes == 10 and base.null_class == 10
-    weights = sum(f.stat().st_size for f in SHIPPED.rglob("*.safetensors"))
+    weights = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
     assert weights < 16 * 2**20  # a few MB, fit for the repository
     labels = torch.arange(10)
     sample = SampleConfig(steps=2, guidance_scale=2.0, batch_size=10)
