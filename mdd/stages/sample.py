@@ -164,7 +164,6 @@ def _sample_shards(
     items = torch.nonzero(torch.isin(labels, present[world.shard(len(present))])).flatten()
     mine = None  # a world of more ranks than classes leaves some ranks without one
     if len(items):
-        start = first + int(items[0])
         begin = None if start is None else start[items]
         mine = generate_images(
             base,
