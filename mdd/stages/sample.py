@@ -120,7 +120,7 @@ def sample_surrogate(
         steer = plugin.build(sample.guidance, context)
     start = None
     if sample.start is not None:
-        start = prototype_starts(latents, labels, base.num_classes, per_class)
+        start = prototypes_of(latents.mean, latents.labels, labels, base.num_classes, per_class)
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
     if steer is None and world.split:
@@ -179,14 +179,6 @@ def _sample_shards(
     return None if shards is None else torch.cat([s for s in shards if s is not None])
 
 
-def prototype_starts(
-    latents: LatentSet, labels: torch.Tensor, num_classes: int, per_class: int
-) -> torch.Tensor:
-    """Each item's prototype (``sample.start``): ``per_class`` k-means centres of its class's
-    training latents, item ``i`` of a class (in ``labels``' order) taking centre ``i``."""
-    return prototypes_of(latents.mean, latents.labels, labels, num_classes, per_class)
-
-
 def prototypes_of(
     latents: torch.Tensor,
     classes: torch.Tensor,
@@ -194,7 +186,9 @@ def prototypes_of(
     num_classes: int,
     per_class: int,
 ) -> torch.Tensor:
-    """``prototype_starts`` of latents ``[N, C, H, W]`` whose labels are ``classes``."""
+    """Each item's prototype (``sample.start``): ``per_class`` k-means centres of its class
+    among ``latents`` ``[N, C, H, W]`` (labelled ``classes``), item ``i`` of a class (in
+    ``labels``' order) taking centre ``i``."""
     prototypes = class_modes(latents, classes, num_classes, per_class, MODE_SEED)
     return mode_targets(prototypes, labels)
 
