@@ -73,7 +73,7 @@ def main() -> int:
         lengths["800 steps, EMA 0.9999"] = ["finetune.steps=800", "finetune.ema_decay=0.9999"]
     common = [*args.overrides, "tracking.experiment=finetune_reach"]
     base_config = load_config(ROOT / "experiments/fashion_mnist.yaml", common)
-    core = Core.load(base_config)
+    core = Core.load(base_config.data, base_config.device)
     tracker = Tracker(base_config.tracking)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -70,8 +70,8 @@ def rows(args: argparse.Namespace) -> list[str]:
         if config.selection is None:
             raise MddError(f"{column}: no selection, so no candidate pool to diagnose")
         if core is None:  # the data, the judge and the real images are every column's
-            core = Core.load(config)
-            judge = load_judge(core.data, config, core.device)
+            core = Core.load(config.data, config.device)
+            judge = load_judge(core.data, config.judge_spec, core.device)
             real = real_data(core.data)
         stages = {stage.name: stage for stage in plan(config, core.data.fingerprint)}
         if not stages["sample"].cached:

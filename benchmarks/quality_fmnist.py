@@ -192,7 +192,7 @@ def cell_record(
         "eval_levers": evaluated.get("levers", {}).get(NETWORK),
         "machine": _machine(hardware(core.device)),
         # The judge's weights behind the diagnostics and any selection in its features.
-        "judge": judge_identity(config, core.data.fingerprint),
+        "judge": judge_identity(config.judge_spec, core.data.fingerprint),
         "base": base_record(config),
         "git_commit": git["mdd.git_commit"],
         # Whether tracked files differed from that commit ("true"): the code that ran is
@@ -432,13 +432,13 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
             )  # fmt: skip
             plan.append((Cell(column, ipc), config))
     first = plan[0][1]
-    core = Core.load(first)
+    core = Core.load(first.data, first.device)
     tracker = Tracker(first.tracking)
     results = args.results or mode.results
     spent: list[float] = []
     for index, (cell, config) in enumerate(plan, start=1):
         cell.repeats = config.eval.repeats
-        cell.eval_epochs = protocol_for(config, cell.ipc).epochs
+        cell.eval_epochs = protocol_for(config.eval, config.data.dataset, cell.ipc).epochs
         tuned = tuning(cell.column)
         lambdas = weights[tuned][0] if tuned in weights else None
         if tuned in weights and lambdas is None:

@@ -53,7 +53,7 @@ def run_experiment(
         )
     world = join_world()
     try:
-        core = Core.load(config, world)
+        core = Core.load(config.data, config.device, world)
         if not world.main:
             follow(core, config)
             return 0
@@ -79,8 +79,8 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
             f"pretrain.checkpoint is set ({config.pretrain.checkpoint}): there is nothing to "
             "pretrain. Hint: add --set pretrain.checkpoint=null to train a new base."
         )
-    core = Core.load(config)
-    stage = base_stage(config, core.data.fingerprint)
+    core = Core.load(config.data, config.device)
+    stage = base_stage(config.base_recipe, core.data.fingerprint)
     tracker = Tracker(config.tracking)
     tags = provenance_tags(config, core.data.fingerprint, str(core.device))
     tags |= {"mdd.stage": "pretrain", "mdd.base_key": stage.key, "mdd.cached": stage.cached}
@@ -90,11 +90,12 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
         run.log_config(config)
         started = time.perf_counter()
         with claim(stage) as step:
-            base = core.base(step, config, run.log_series).model
+            base = core.base(step, config.base_recipe, run.log_series).model
         run.log_metrics({"pretrain_wall_s": time.perf_counter() - started})
         result = class_consistency(
-            core.data, base, config, 100, stage.folder / "consistency", core.device
-        )
+            core.data, base, config.sample, config.seed, config.judge_spec, 100,
+            stage.folder / "consistency", core.device,
+        )  # fmt: skip
         run.log_metrics({"class_consistency": result.consistency})
         run.log_artifact(result.grid)
     print(f"base model: {stage.folder} (key {stage.key})")
@@ -118,9 +119,9 @@ def judge_only(config: Config, export: str | None = None, config_path: str = "CO
     as ``mdd/assets/fashion_mnist_judge`` is made."""
     data = load_dataset(config.data)
     device = pick_device(config.device)
-    cache = judge_cache_path(config, data.fingerprint)
+    cache = judge_cache_path(config.judge_spec, data.fingerprint)
     started = time.perf_counter()
-    judge = load_judge(data, config, device)
+    judge = load_judge(data, config.judge_spec, device)
     wall_s = time.perf_counter() - started
     test_acc = 100.0 * float((judge.predict(data.test.images) == data.test.labels).double().mean())
     print(f"judge: {cache} ({wall_s:.1f} s), test accuracy {test_acc:.2f} %")
@@ -147,18 +148,19 @@ def judge_only(config: Config, export: str | None = None, config_path: str = "CO
 
 def measure_consistency(config: Config, per_class: int = 100) -> float:
     """Judge the base model; log it on its pretraining run when that run is found."""
-    core = Core.load(config)
-    stage = base_stage(config, core.data.fingerprint)
+    core = Core.load(config.data, config.device)
+    stage = base_stage(config.base_recipe, core.data.fingerprint)
     if config.pretrain.checkpoint is None and not stage.cached:
         raise MddError(
             "the base model of this config is not pretrained yet. "
             f"Hint: run `mdd pretrain {config.name}` first, or set pretrain.checkpoint."
         )
     with claim(stage) as step:
-        base = core.base(step, config, lambda metrics, step: None).model
+        base = core.base(step, config.base_recipe, lambda metrics, step: None).model
     result = class_consistency(
-        core.data, base, config, per_class, stage.folder / "consistency", core.device
-    )
+        core.data, base, config.sample, config.seed, config.judge_spec, per_class,
+        stage.folder / "consistency", core.device,
+    )  # fmt: skip
     print(result.describe())
     tracker = Tracker(config.tracking)
     metrics = {"class_consistency": result.consistency, "judge_test_acc": result.judge_test_acc}

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -353,6 +355,44 @@ class JudgeConfig(Section):
     diagnostics: bool = True  # compute the surrogate-set diagnostics of every run
 
 
+@dataclass(frozen=True)
+class BaseRecipe:
+    """All a base model depends on (``mdd.plan.base_key``, ``mdd.stages.pretrain``) and how a
+    run prepares the loaded base for its fine-tune (``mdd.core``): DiffFit or every tensor."""
+
+    autoencoder: AutoencoderConfig
+    model: ModelConfig
+    pretrain: PretrainConfig
+    seed: int
+    cache_dir: Path
+    difffit: bool
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """All a judge depends on (``mdd.eval.judge``): the dataset, the ``judge`` section, the
+    evaluation protocol whose resolution it sees (its name and the IPC the preset is
+    resolved at) and the cache it is kept in. A sweep's trials with one spec share a judge."""
+
+    dataset: str
+    settings: JudgeConfig
+    protocol: str
+    ipc: int
+    cache_dir: Path
+
+
+@dataclass(frozen=True)
+class SetOrigin:
+    """What a set is drawn for beside the ``sample`` section (``mdd.stages.sample``): its
+    images per class (a selection's pool holds more than the IPC), its seed, the run's
+    judge (a guidance reads it) and what its manifest says made it (``Config.made_by``)."""
+
+    per_class: int
+    seed: int
+    judge: JudgeSpec
+    made_by: Mapping[str, Any]
+
+
 class TrackingConfig(Section):
     uri: str | None = None  # default sqlite:///runs/mlflow.db; MLFLOW_TRACKING_URI wins
     experiment: str = "mdd"
@@ -426,6 +466,32 @@ class Config(Section):
         if self.selection is not None:
             parts.append(self.selection.kind)
         return "+".join(parts)
+
+    @property
+    def base_recipe(self) -> BaseRecipe:
+        return BaseRecipe(
+            self.autoencoder,
+            self.model,
+            self.pretrain,
+            self.seed,
+            self.cache_dir,
+            self.finetune.difffit,
+        )
+
+    @property
+    def judge_spec(self) -> JudgeSpec:
+        return JudgeSpec(
+            self.data.dataset, self.judge, self.eval.protocol, self.sample.ipc, self.cache_dir
+        )
+
+    def made_by(self) -> dict[str, Any]:
+        """What every surrogate set's manifest says made it (``mdd.stages.surrogate_manifest``)."""
+        return {"method": self.method, "config_hash": self.section_hash(), "seed": self.seed}
+
+    @property
+    def set_origin(self) -> SetOrigin:
+        per_class = self.sample.ipc * (self.selection.oversample if self.selection else 1)
+        return SetOrigin(per_class, self.set_seed(), self.judge_spec, self.made_by())
 
     def set_seed(self) -> int:
         """The seed the surrogate set is drawn with (``sample.seed``, else the run's)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mdd.cache import Claim
-from mdd.config import Config
+from mdd.config import BaseRecipe, DataConfig
 from mdd.data import DatasetSplits, load_dataset
 from mdd.data.folders import imagenet_indices
 from mdd.data.latents import LatentSet, cached_latents
@@ -58,7 +58,7 @@ def prepare_variant(
 
 @dataclass
 class Core:
-    config: Config
+    source: DataConfig  # the data section the splits were loaded by
     device: torch.device
     data: DatasetSplits
     world: World = ALONE  # the processes of a torchrun run
@@ -70,41 +70,42 @@ class Core:
     _base: tuple[tuple[str, bool, bool, bool], LoadedBase] | None = None
 
     @classmethod
-    def load(cls, config: Config, world: World | None = None) -> Core:
-        core = cls(config, pick_device(config.device), load_dataset(config.data), world or ALONE)
+    def load(cls, source: DataConfig, device: str = "auto", world: World | None = None) -> Core:
+        """The splits of ``source`` on ``device`` (``auto``: CUDA where there is one)."""
+        core = cls(source, pick_device(device), load_dataset(source), world or ALONE)
         core.loads["data"] = 1
         return core
 
-    def base(self, step: Claim, config: Config, log: MetricLogger) -> LoadedBase:
-        """The base of ``step`` (the pretrain stage), pretrained there first if it has to be,
-        prepared for ``config``'s fine-tune (DiffFit or not, compiled or not)."""
-        loaded_key = (step.stage.key, config.autoencoder.flip)
-        variant = (*loaded_key, config.finetune.difffit, config.model.compile)
+    def base(self, step: Claim, recipe: BaseRecipe, log: MetricLogger) -> LoadedBase:
+        """The base of ``step`` (the pretrain stage), pretrained there by ``recipe`` first if
+        it has to be, prepared for the fine-tune (DiffFit or not, compiled or not)."""
+        loaded_key = (step.stage.key, recipe.autoencoder.flip)
+        variant = (*loaded_key, recipe.difffit, recipe.model.compile)
         if self._base is not None and self._base[0] == variant:
             return self._base[1]
         self._base = None  # let the previous variant go before copying the next
-        model, latents = self._load(loaded_key, step, config, log)
-        loaded = prepare_variant(model, latents, config.finetune.difffit, config.model.compile)
+        model, latents = self._load(loaded_key, step, recipe, log)
+        loaded = prepare_variant(model, latents, recipe.difffit, recipe.model.compile)
         self._base = (variant, loaded)
         self.loads["variant"] = self.loads.get("variant", 0) + 1
         return loaded
 
     def _load(
-        self, key: tuple[str, bool], step: Claim, config: Config, log: MetricLogger
+        self, key: tuple[str, bool], step: Claim, recipe: BaseRecipe, log: MetricLogger
     ) -> tuple[BaseModel, LatentSet]:
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1], self._loaded[2]
         self._loaded = None
-        if config.model.path is not None:
-            model = self._brought_base(config)
-        elif config.pretrain.checkpoint is not None:
-            model = load_base(config.pretrain.checkpoint, self.device)
+        if recipe.model.path is not None:
+            model = self._brought_base(recipe)
+        elif recipe.pretrain.checkpoint is not None:
+            model = load_base(recipe.pretrain.checkpoint, self.device)
         else:
             train, names = self.data.train, self.data.class_names
             fingerprint = self.data.fingerprint
 
             def pretrain(folder):
-                pretrain_base(train, names, fingerprint, config, folder, self.device, log)
+                pretrain_base(train, names, fingerprint, recipe, folder, self.device, log)
 
             model = step.get(pretrain, lambda folder: load_base(folder, self.device))
         latents = cached_latents(
@@ -112,8 +113,8 @@ class Core:
             self.data.train.labels,
             autoencoder=model.autoencoder,
             data_fingerprint=self.data.fingerprint,
-            flip=config.autoencoder.flip,
-            cache_dir=config.cache_dir / "latents",
+            flip=recipe.autoencoder.flip,
+            cache_dir=recipe.cache_dir / "latents",
             batch_size=512,
             device=self.device,
         )
@@ -121,11 +122,17 @@ class Core:
         self.loads["base"] = self.loads.get("base", 0) + 1
         return model, latents
 
-    def _brought_base(self, config: Config) -> BaseModel:
+    def _brought_base(self, recipe: BaseRecipe) -> BaseModel:
         """DiT-XL/2 (or another ``model.path``) with the dataset's classes as its class ids."""
         ids = list(range(len(self.data.class_names)))
-        if config.data.dataset == "imagenet_subset":
-            assert config.data.root is not None  # the data loader checked it
-            ids = imagenet_indices(config.data.root, self.data.class_names)
+        if self.source.dataset == "imagenet_subset":
+            assert self.source.root is not None  # the data loader checked it
+            ids = imagenet_indices(self.source.root, self.data.class_names)
         shape = tuple(self.data.train.images.shape[1:])
-        return load_pretrained_base(config, ids, shape, self.device)  # type: ignore[arg-type]
+        return load_pretrained_base(
+            recipe.model,
+            recipe.autoencoder,
+            ids,
+            shape,
+            self.device,  # type: ignore[arg-type]
+        )

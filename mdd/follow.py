@@ -30,7 +30,7 @@ def follow(core: Core, config: Config) -> None:
     while (task := world.broadcast()) is not None:
         name, args = task
         try:
-            base = core.base(Claim(pretrain, cached=True), config, _quiet)
+            base = core.base(Claim(pretrain, cached=True), config.base_recipe, _quiet)
             if name == "finetune":
                 _finetune(core, config, base, *args)
             elif name == "sample":
@@ -60,8 +60,8 @@ def _sample(
     classes: range | None,
 ) -> None:
     weights = None if source is None else read_finetuned(source.parent, core.device).weights
-    sample_surrogate(base.model, weights, source, base.latents, core.data, config, folder,
-                     core.device, core.world, classes)  # fmt: skip
+    sample_surrogate(base.model, weights, source, base.latents, core.data, config.sample,
+                     config.set_origin, folder, core.device, core.world, classes)  # fmt: skip
 
 
 def _quiet(metrics: dict[str, float], step: int) -> None:

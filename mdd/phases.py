@@ -10,12 +10,14 @@ keys of their own: phases resume one by one and run on different workers or arra
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mdd.config import Config
+from mdd.config import SampleConfig
 from mdd.data import DatasetSplits
 from mdd.data.latents import LatentSet
 from mdd.data.surrogate import read_surrogate, write_surrogate
@@ -66,19 +68,24 @@ class Phase:
         return latents if classes is None else latents.of_classes(classes)
 
 
-def class_phases(config: Config) -> list[Phase]:
-    return [Phase(index, config.data.phases) for index in range(config.data.phases)]
+def class_phases(count: int) -> list[Phase]:
+    """The ``data.phases`` phases of a run, in order."""
+    return [Phase(index, count) for index in range(count)]
 
 
 def merge_phases(
-    parts: list[Sampled], data: DatasetSplits, config: Config, folder: Path
+    parts: list[Sampled],
+    data: DatasetSplits,
+    sample: SampleConfig,
+    made_by: Mapping[str, Any],
+    folder: Path,
 ) -> Sampled:
     """Write ``folder/data``: the phases' sets as one, in phase order (so class-major)."""
     sets = [read_surrogate(part.path) for part in parts]
     images = torch.cat([s.images for s in sets])
     labels = torch.cat([s.labels for s in sets])
     made = [str(part.path) for part in parts]  # each phase's manifest names its fine-tune
-    manifest = surrogate_manifest(config, None, sample=config.sample.model_dump(), phases=made)
+    manifest = surrogate_manifest(made_by, None, sample=sample.model_dump(), phases=made)
     write_surrogate(folder / "data", images, labels, data.class_names, manifest)
     count = sum(part.metrics.get("sample/images", 0.0) for part in parts)
     seconds = sum(

@@ -19,7 +19,7 @@ from mdd.plan import plan
 from mdd.runtime import seed_everything
 from mdd.stageruns import RunResult, Stages
 from mdd.stages.diagnose import diagnose_surrogate, read_diagnostics
-from mdd.stages.evaluate import RESULTS_FILE, evaluate_surrogate, read_results
+from mdd.stages.evaluate import RESULTS_FILE, EvaluationJob, evaluate_surrogate, read_results
 from mdd.stages.finetune import finetune, read_finetuned
 from mdd.stages.sample import Sampled, read_sampled, sample_surrogate
 from mdd.stages.select import select_candidates, select_surrogate
@@ -52,10 +52,10 @@ def execute(
     data, device = core.data, core.device
     if config.generative:
         with stages.run("pretrain") as step:
-            base = core.base(step.claim, config, step.log)
+            base = core.base(step.claim, config.base_recipe, step.log)
         parts = [
             _tune_and_sample(stages, core, config, base, phase)
-            for phase in class_phases(config)
+            for phase in class_phases(config.data.phases)
             if only_phase is None or phase.index == only_phase
         ]
         if only_phase is not None:  # one phase's stages, as an array task runs them
@@ -64,18 +64,27 @@ def execute(
         if len(parts) > 1:
             with stages.run("sample") as step:  # the phases' sets as one
                 sampled = step.get(
-                    lambda folder: merge_phases(parts, data, config, folder), read_sampled
+                    lambda folder: merge_phases(
+                        parts, data, config.sample, config.made_by(), folder
+                    ),
+                    read_sampled,
                 )
                 step.record(sampled.metrics)
                 step.run.log_artifact(sampled.path / "grid.png")
                 step.run.log_artifact(sampled.path, "surrogate")
         surrogate = sampled.path
-        if stages.wants("select"):
+        if (selection := config.selection) is not None and stages.wants("select"):
             with stages.run("select") as step:
                 surrogate = step.get(
                     lambda folder: select_candidates(
-                        sampled.path, data, config, folder / "data", device
-                    ),
+                        sampled.path,
+                        data,
+                        selection.kind,
+                        config.sample.ipc,
+                        config.set_origin,
+                        folder / "data",
+                        device,
+                    ),  # fmt: skip
                     lambda folder: folder / "data",
                 )
                 step.run.log_artifact(surrogate / "grid.png")
@@ -83,25 +92,36 @@ def execute(
         decoded = None  # real images as they are, or as the base's autoencoder decodes them
         if config.sample.through_autoencoder:
             with stages.run("pretrain") as step:
-                decoded = core.base(step.claim, config, step.log)
+                decoded = core.base(step.claim, config.base_recipe, step.log)
         with stages.run("select") as step:
             surrogate = step.get(
-                lambda folder: select_surrogate(data, config, folder / "data", device, decoded),
+                lambda folder: select_surrogate(
+                    data,
+                    config.method,
+                    config.sample,
+                    config.set_origin,
+                    folder / "data",
+                    device,
+                    decoded,
+                ),  # fmt: skip
                 lambda folder: folder / "data",
             )
             step.run.log_artifact(surrogate / "grid.png")
     if stages.wants("diagnose"):
         with stages.run("diagnose") as step:
             values = step.get(
-                lambda folder: diagnose_surrogate(surrogate, data, config, folder, device),
+                lambda folder: diagnose_surrogate(
+                    surrogate, data, config.judge_spec, folder, device
+                ),
                 read_diagnostics,
             )
             step.record({f"surrogate/{k}": v for k, v in values.items()})
     if stages.wants("evaluate"):
+        job = EvaluationJob(config.eval, config.data, config.sample.ipc, config.seed)
         with stages.run("evaluate") as step:
             results = step.get(
                 lambda folder: evaluate_surrogate(
-                    surrogate, data, config, folder, device, step.log, report
+                    surrogate, data, job, folder, device, step.log, report
                 ),
                 read_results,
             )
@@ -137,8 +157,9 @@ def _tune_and_sample(
 
         def sample(folder: Path) -> None:
             world.lead("sample", folder, source, classes)  # each rank samples its classes
-            sample_surrogate(base.model, weights, source, base.latents, core.data, config,
-                             folder, device, world, classes)  # fmt: skip
+            sample_surrogate(base.model, weights, source, base.latents, core.data,
+                             config.sample, config.set_origin, folder, device, world,
+                             classes)  # fmt: skip
 
         sampled = step.get(sample, read_sampled)
         step.record({phase.prefix + k: v for k, v in sampled.metrics.items()})

@@ -11,26 +11,27 @@ from __future__ import annotations
 from typing import Any
 
 from mdd.cache import Stage, digest, file_identity, folder_identity
-from mdd.config import Config
+from mdd.config import AutoencoderConfig, BaseRecipe, Config, EvalConfig
 from mdd.errors import MddError
 from mdd.eval.judge import judge_cache_path
 from mdd.phases import class_phases
 
 
-def _autoencoder_settings(config: Config) -> dict[str, Any]:
-    settings = config.autoencoder.model_dump(mode="json")
+def _autoencoder_settings(autoencoder: AutoencoderConfig) -> dict[str, Any]:
+    settings = autoencoder.model_dump(mode="json")
     if settings["widths"] is None:  # the default: keys made before autoencoder.widths stay
         settings.pop("widths")
     return settings
 
 
-def base_key(config: Config, fingerprint: str) -> str:
-    if config.model.path is not None:
+def base_key(recipe: BaseRecipe, fingerprint: str) -> str:
+    model, pretrain = recipe.model, recipe.pretrain
+    if model.path is not None:
         return digest(
-            "pretrained", config.model.preset, config.model.path, _autoencoder_settings(config)
+            "pretrained", model.preset, model.path, _autoencoder_settings(recipe.autoencoder)
         )
-    if config.pretrain.checkpoint is not None:
-        folder = config.pretrain.checkpoint
+    if pretrain.checkpoint is not None:
+        folder = pretrain.checkpoint
         if not (folder / "base.json").is_file():
             raise MddError(
                 f"pretrain.checkpoint: {folder} is not a base model folder (no base.json). "
@@ -39,16 +40,16 @@ def base_key(config: Config, fingerprint: str) -> str:
         return "shipped-" + folder_identity(folder)
     return digest(
         fingerprint,
-        _autoencoder_settings(config),
-        config.model.preset,
-        config.pretrain.model_dump(mode="json"),
-        config.seed,
+        _autoencoder_settings(recipe.autoencoder),
+        model.preset,
+        pretrain.model_dump(mode="json"),
+        recipe.seed,
     )
 
 
-def base_stage(config: Config, fingerprint: str) -> Stage:
-    key = base_key(config, fingerprint)
-    return Stage("pretrain", key, config.cache_dir / "base" / key)
+def base_stage(recipe: BaseRecipe, fingerprint: str) -> Stage:
+    key = base_key(recipe, fingerprint)
+    return Stage("pretrain", key, recipe.cache_dir / "base" / key)
 
 
 def plan(config: Config, fingerprint: str) -> list[Stage]:
@@ -56,7 +57,7 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     root = config.cache_dir
     stages: list[Stage] = []
     if config.generative:
-        base = base_stage(config, fingerprint)
+        base = base_stage(config.base_recipe, fingerprint)
         stages.append(base)
         # exclude_none: settings added later with a None default keep earlier keys valid.
         # through_autoencoder is for real selections only (always False here).
@@ -66,7 +67,7 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         # One candidate pool serves every selection rule with the same oversampling.
         pool = () if config.selection is None else ({"oversample": config.selection.oversample},)
         parts = []
-        for phase in class_phases(config):
+        for phase in class_phases(config.data.phases):
             # A phase's keys say which phase, so one phase's stages never stand for another's.
             which = () if phase.whole else ({"phase": phase.index, "phases": phase.count},)
             if config.method == "base":  # sampled as pretrained: the data only shapes guidance
@@ -83,7 +84,7 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
             made = digest(*parts, "merge")
             stages.append(Stage("sample", made, root / "surrogate" / made))
         if config.selection is not None:
-            judge = judge_cache_path(config, fingerprint).name
+            judge = judge_cache_path(config.judge_spec, fingerprint).name
             made = digest(made, config.selection.kind, judge, "select")
             stages.append(Stage("select", made, root / "surrogate" / made))
     else:
@@ -92,7 +93,7 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
         drawn = () if config.sample.seed is None else ({"set_seed": config.sample.seed},)
         decoded = ()
         if config.sample.through_autoencoder:  # decoded from the base's latents
-            base = base_stage(config, fingerprint)
+            base = base_stage(config.base_recipe, fingerprint)
             stages.append(base)
             decoded = ({"through_autoencoder": base.key},)
         made = digest(fingerprint, config.method, ipc, config.seed, *drawn, *decoded)
@@ -100,21 +101,21 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     if config.judge.diagnostics:
         # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.
         # The judge's file name holds all that makes it (network, resolution, epochs, ...).
-        measured = digest(made, judge_cache_path(config, fingerprint).name, "diagnose")
+        measured = digest(made, judge_cache_path(config.judge_spec, fingerprint).name, "diagnose")
         stages.append(Stage("diagnose", measured, root / "diagnostics" / measured))
-    judged = digest(made, *evaluation_settings(config), config.seed)
+    judged = digest(made, *evaluation_settings(config.eval), config.seed)
     stages.append(Stage("evaluate", judged, root / "eval" / judged))
     return stages
 
 
-def evaluation_settings(config: Config) -> tuple[Any, ...]:
+def evaluation_settings(evaluation: EvalConfig) -> tuple[Any, ...]:
     """What the evaluation's key holds: the ``eval`` section and, for the soft-label protocol,
     the teacher file's content (the same path may hold other weights later)."""
-    settings = config.eval.model_dump(mode="json")
+    settings = evaluation.model_dump(mode="json")
     teacher = settings.pop("teacher")  # absent from the keys made before eval.teacher
     if teacher is None:
         return (settings,)
-    weights = config.eval.teacher.weights if config.eval.teacher else None
+    weights = evaluation.teacher.weights if evaluation.teacher else None
     held = file_identity(weights) if weights is not None and weights.is_file() else "missing"
     return (settings, {"teacher": teacher, "teacher_sha256": held})
 

@@ -134,8 +134,8 @@ def test_autoencoder_widths_shape_the_trained_model_and_the_base_key(tmp_path: P
         build_config({"autoencoder": {"widths": widths}}) for widths in (None, [16, 32, 64])
     )
     # None keeps the keys made before the setting; any given widths are part of the key.
-    assert base_key(default, "fp") == base_key(build_config({}), "fp")
-    assert base_key(given, "fp") != base_key(default, "fp")
+    assert base_key(default.base_recipe, "fp") == base_key(build_config({}).base_recipe, "fp")
+    assert base_key(given.base_recipe, "fp") != base_key(default.base_recipe, "fp")
 
 
 def test_conv_save_load_round_trips_bit_exactly(trained_conv, tmp_path: Path) -> None:

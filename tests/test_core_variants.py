@@ -23,13 +23,13 @@ def _with(config: Config, section: str, **values: object) -> Config:
 def test_a_trial_without_difffit_does_not_reuse_an_earlier_trials_difffit_subset(
     tiny_config: Config,
 ) -> None:
-    core = Core.load(tiny_config)
-    stage = base_stage(tiny_config, core.data.fingerprint)
+    core = Core.load(tiny_config.data, tiny_config.device)
+    stage = base_stage(tiny_config.base_recipe, core.data.fingerprint)
     full = _with(tiny_config, "finetune", difffit=False)
     with claim(stage) as step:
-        difffit = core.base(step, tiny_config, _silent)
-        everything = core.base(step, full, _silent)
-        again = core.base(step, tiny_config, _silent)
+        difffit = core.base(step, tiny_config.base_recipe, _silent)
+        everything = core.base(step, full.base_recipe, _silent)
+        again = core.base(step, tiny_config.base_recipe, _silent)
 
     every_name = {name for name, _ in everything.model.transformer.named_parameters()}
     assert not any(GAMMA_ATTN in name for name in every_name)  # no gammas from the first
@@ -47,13 +47,13 @@ def test_a_trial_without_difffit_does_not_reuse_an_earlier_trials_difffit_subset
 def test_the_same_setting_reuses_its_variant_and_compile_makes_another(
     tiny_config: Config,
 ) -> None:
-    core = Core.load(tiny_config)
-    stage = base_stage(tiny_config, core.data.fingerprint)
+    core = Core.load(tiny_config.data, tiny_config.device)
+    stage = base_stage(tiny_config.base_recipe, core.data.fingerprint)
     compiled = _with(tiny_config, "model", compile=True)
     with claim(stage) as step:
-        first = core.base(step, tiny_config, _silent)
-        assert core.base(step, tiny_config, _silent) is first
-        other = core.base(step, compiled, _silent)
+        first = core.base(step, tiny_config.base_recipe, _silent)
+        assert core.base(step, tiny_config.base_recipe, _silent) is first
+        other = core.base(step, compiled.base_recipe, _silent)
     assert other is not first
     assert other.model.transformer is not first.model.transformer
     assert core.loads == {"data": 1, "base": 1, "variant": 2}

@@ -86,13 +86,13 @@ def test_imagewoof_path_runs_every_stage_with_vae_and_learned_variance(woof_conf
     assert run_main([str(woof_config)]) == 0
 
     config = load_config(woof_config)
-    core = Core.load(config)
+    core = Core.load(config.data, config.device)
     stages = {stage.name: stage for stage in plan(config, core.data.fingerprint)}
     surrogate = read_surrogate(stages["sample"].folder / "data")
     assert surrogate.images.shape == (20, 3, 32, 32)  # decoded by the VAE, RGB
     assert surrogate.labels.bincount().tolist() == [2] * 10
     with claim(stages["pretrain"]) as step:
-        loaded = core.base(step, config, lambda metrics, step: None)
+        loaded = core.base(step, config.base_recipe, lambda metrics, step: None)
     base, trainable = loaded.model, loaded.trainable
     assert base.learned_variance
     assert base.latent_shape == (4, 16, 16)
@@ -109,16 +109,23 @@ def test_an_imagenet_subsets_judge_sees_its_normalisation_at_the_evaluation_reso
 ) -> None:
     overrides = ["eval.protocol=idc", "eval.epochs=null", "method=herding", "sample.ipc=2"]
     config = load_config(woof_config, overrides)
-    data = Core.load(config).data
-    judge = load_judge(data, config, torch.device("cpu"))
+    data = Core.load(config.data, config.device).data
+    judge = load_judge(data, config.judge_spec, torch.device("cpu"))
     assert isinstance(judge.network, ResNetAP)
     assert (judge.protocol.mean, judge.protocol.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert judge.protocol.image_size == 224  # IDC's, though the data is 32 px
-    assert judge_cache_path(config, data.fingerprint).is_file()
+    assert judge_cache_path(config.judge_spec, data.fingerprint).is_file()
     # Herding picks in this judge's pooled feature space, fed at 224 px.
     features = judge.features(data.train.images[:3])
     assert features.shape == (3, 512)
-    folder = select_surrogate(data, config, tmp_path / "herding", torch.device("cpu"))
+    folder = select_surrogate(
+        data,
+        config.method,
+        config.sample,
+        config.set_origin,
+        tmp_path / "herding",
+        torch.device("cpu"),
+    )
     expected = select_herding(judge.features(data.train.images), data.train.labels, 2)
     assert torch.equal(read_surrogate(folder).images, data.train.images[expected])
 
@@ -127,7 +134,9 @@ def _run_with(woof_config: Path, overrides: list[str]) -> tuple[Config, dict[str
     """``mdd-run`` of the stand-in with ``overrides``; its config and stages by name."""
     assert run_main([str(woof_config), *[f"--set={o}" for o in overrides]]) == 0
     config = load_config(woof_config, overrides)
-    return config, {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
+    return config, {
+        s.name: s for s in plan(config, Core.load(config.data, config.device).data.fingerprint)
+    }
 
 
 def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path, tmp_path: Path) -> None:
@@ -148,10 +157,14 @@ def test_a_plugin_composition_runs_on_the_dit_xl_path(woof_config: Path, tmp_pat
     # real-herding herds the same pool toward the training split's class means, in the
     # ResNetAP-10 judge's features at 224 px.
     real = load_config(woof_config, [*overrides, "selection.kind=real-herding"])
-    core = Core.load(real)
+    core = Core.load(real.data, real.device)
     pool_folder = stages["sample"].folder / "data"
-    folder = select_candidates(pool_folder, core.data, real, tmp_path / "real", core.device)
-    judge = load_judge(core.data, real, core.device)
+    assert real.selection is not None
+    folder = select_candidates(
+        pool_folder, core.data, real.selection.kind, real.sample.ipc, real.set_origin,
+        tmp_path / "real", core.device,
+    )  # fmt: skip
+    judge = load_judge(core.data, real.judge_spec, core.device)
     train = core.data.train
     means = class_means(judge.features(train.images), train.labels, 10)
     expected = select_herding(judge.features(pool.images), pool.labels, 2, means)

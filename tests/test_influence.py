@@ -168,7 +168,7 @@ def test_influence_guidance_runs_end_to_end_caches_its_surrogate_and_reaches_the
     stages = {stage.name: stage for stage in plan(config, fingerprint)}
     guided = read_surrogate(stages["sample"].folder / "data")
     assert guided.labels.tolist() == sorted(guided.labels.tolist())  # written class-major
-    assert trajectory_path(config, config.sample.guidance, fingerprint).is_file()
+    assert trajectory_path(config.judge_spec, config.sample.guidance, fingerprint).is_file()
     runs = runs_by_name(config)
     assert runs["tiny"][0].data.params["composition"] == "minimax+influence"
     assert runs["sample"][0].data.metrics["sample/guidance_setup_s"] > 0

@@ -12,8 +12,8 @@ from mdd.eval.judge import Judge, load_judge, train_features
 
 def test_the_training_splits_features_are_cached_beside_the_judge(tiny_config: Config) -> None:
     data = load_dataset(tiny_config.data)
-    judge = load_judge(data, tiny_config, torch.device("cpu"))
-    computed = train_features(lambda: judge, data, tiny_config)
+    judge = load_judge(data, tiny_config.judge_spec, torch.device("cpu"))
+    computed = train_features(lambda: judge, data, tiny_config.judge_spec)
     assert torch.equal(computed, judge.features(data.train.images))
     assert computed.shape[0] == len(data.train)
     (cached,) = (tiny_config.cache_dir / "judge").glob("*-features.safetensors")
@@ -25,4 +25,4 @@ def test_the_training_splits_features_are_cached_beside_the_judge(tiny_config: C
     def no_judge() -> Judge:
         raise AssertionError("the judge was loaded although its features are kept")
 
-    assert torch.equal(train_features(no_judge, data, tiny_config), marked)
+    assert torch.equal(train_features(no_judge, data, tiny_config.judge_spec), marked)

@@ -23,7 +23,7 @@ from mdd.config import load_config
 from mdd.data.load import load_dataset
 from mdd.eval.judge import load_judge
 config = load_config(sys.argv[1])
-judge = load_judge(load_dataset(config.data), config, torch.device("cpu"))
+judge = load_judge(load_dataset(config.data), config.judge_spec, torch.device("cpu"))
 name, tensor = next(iter(judge.network.state_dict().items()))
 print(name, tensor.sum().item())
 """
@@ -42,7 +42,7 @@ def test_a_process_that_misses_the_judge_while_another_trains_it_reads_its_weigh
 ) -> None:
     trained = judge_only(tiny_config)  # a judge's weights, to stand for the first trainer's
     weights = {name: tensor * 2 for name, tensor in load_file(str(trained)).items()}
-    cache = judge_cache_path(tiny_config, load_dataset(tiny_config.data).fingerprint)
+    cache = judge_cache_path(tiny_config.judge_spec, load_dataset(tiny_config.data).fingerprint)
     cache.unlink()
     config_file = tmp_path / "experiment.yaml"
     config_file.write_text(tiny_config.to_yaml())

@@ -78,7 +78,7 @@ def test_untuned_phases_merge_into_the_very_set_one_phase_samples(tiny_config: C
     config.method = "base"
     config.judge.diagnostics = False
     config.sample.batch_size = 3
-    core = Core.load(config)
+    core = Core.load(config.data, config.device)
     whole = run_with_core(core, config, Tracker(config.tracking), {}, until="sample")
     phased = config.model_copy(deep=True)
     phased.data.phases = 3

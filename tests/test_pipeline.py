@@ -151,11 +151,11 @@ def test_shipped_base_is_read_once_per_process_until_a_file_changes(
     reads: list[Path] = []
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
-    first = base_key(shipped, "fp")
-    assert base_key(shipped, "fp") == first
+    first = base_key(shipped.base_recipe, "fp")
+    assert base_key(shipped.base_recipe, "fp") == first
     assert len(reads) == 2  # base.json and the weights, hashed once for both keys
     weights.write_bytes(b"other weights")  # new content: new size, new mtime
-    assert base_key(shipped, "fp") != first
+    assert base_key(shipped.base_recipe, "fp") != first
 
 
 def test_dit_baseline_is_minimax_with_zero_weights(tiny_config: Config) -> None:
@@ -212,7 +212,7 @@ def test_nan_loss_fails_the_run_naming_the_step_and_keeps_checkpoints(
 
 
 def test_a_runs_result_names_each_stages_folder_as_the_plan_does(tiny_config: Config) -> None:
-    core = Core.load(tiny_config)
+    core = Core.load(tiny_config.data, tiny_config.device)
     result = run_with_core(core, tiny_config, Tracker(tiny_config.tracking), {})
     planned = {stage.name: stage.folder for stage in plan(tiny_config, core.data.fingerprint)}
     assert {name: info["folder"] for name, info in result.stages.items()} == planned

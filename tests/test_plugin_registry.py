@@ -43,7 +43,7 @@ def test_a_selection_registered_in_a_test_runs_end_to_end(
 ) -> None:
     config = _config(tmp_path, tiny_fmnist, mlflow_store, "toy-last")
     assert composition_overrides("base+toy-last")[-1] == "selection.kind=toy-last"
-    core = Core.load(config)
+    core = Core.load(config.data, config.device)
     result = run_with_core(core, config, Tracker(config.tracking), {}, until="select")
     pool = read_surrogate(result.stages["sample"]["folder"] / "data")
     kept = read_surrogate(result.stages["select"]["folder"] / "data")

@@ -265,5 +265,6 @@ def test_protocol_normalisation_must_fit_the_channels() -> None:
 def test_the_eval_section_sets_the_number_of_evaluations() -> None:
     experiment = Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist.yaml"
     config = load_config(experiment, ["eval.evaluations=10"])
-    assert protocol_for(config, ipc=10).eval_every == 100
-    assert protocol_for(load_config(experiment), ipc=10).eval_every == 1000
+    assert protocol_for(config.eval, config.data.dataset, ipc=10).eval_every == 100
+    default = load_config(experiment)
+    assert protocol_for(default.eval, default.data.dataset, ipc=10).eval_every == 1000

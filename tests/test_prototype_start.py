@@ -69,7 +69,7 @@ def test_the_smallest_strength_gives_the_decoded_prototypes_and_full_noise_does_
     sets = {}
     for name, start in {"plain": None, "near": {"strength": 0.01}}.items():
         config = _config(tmp_path, tiny_fmnist, mlflow_store, "base", start)
-        core = Core.load(config)
+        core = Core.load(config.data, config.device)
         result = run_with_core(core, config, Tracker(config.tracking), {}, until="sample")
         sets[name] = read_surrogate(result.stages["sample"]["folder"] / "data")
     # By hand: the k-means centres of the class's encoded training images, decoded.

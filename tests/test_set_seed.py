@@ -49,7 +49,14 @@ def test_a_random_selection_draws_its_images_with_the_set_seed(
         config = _config(tmp_path, tiny_fmnist, mlflow_store, **changes)
         config = config.model_copy(update={"method": "random"})
         folder = tmp_path / f"set-{seed}"
-        select_surrogate(load_dataset(config.data), config, folder, torch.device("cpu"))
+        select_surrogate(
+            load_dataset(config.data),
+            config.method,
+            config.sample,
+            config.set_origin,
+            folder,
+            torch.device("cpu"),
+        )
         picked[seed] = read_surrogate(folder).images
     assert (picked[None] == picked[0]).all()  # the run's seed is set 0
     assert not (picked[None] == picked[1]).all()

@@ -12,7 +12,14 @@ import yaml
 from mlflow import MlflowClient
 
 from mdd.cli import sweep_main
-from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD, protocol_for, resolve_protocol
+from mdd.config import Config
+from mdd.eval.protocols import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Protocol,
+    protocol_for,
+    resolve_protocol,
+)
 from mdd.sweep.config import final_config, load_sweep, trial_config
 from tests.conftest import tiny_config_data
 
@@ -212,6 +219,10 @@ def test_invalid_search_spaces_give_clear_errors(
     assert fragment in err and "Traceback" not in err
 
 
+def _protocol(config: Config) -> Protocol:
+    return protocol_for(config.eval, config.data.dataset, config.sample.ipc)
+
+
 def _imagewoof_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("MDD_DIT_XL_2", "MDD_IMAGENET_TRAIN", "MDD_IMAGENET_VAL"):
         monkeypatch.setenv(name, f"/data/{name.lower()}")
@@ -222,20 +233,20 @@ def test_imagewoof_trials_run_the_final_idc_protocol_shortened_on_validation(
 ) -> None:
     _imagewoof_env(monkeypatch)
     sweep, base = load_sweep("sweeps/imagewoof.yaml")
-    trial = protocol_for(trial_config(base, sweep, {}, 10), 10)
+    trial = _protocol(trial_config(base, sweep, {}, 10))
     assert (trial.name, trial.augmentation, trial.image_size) == ("idc", "idc", 224)
     assert (trial.mean, trial.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert (trial.epochs, trial.evaluations, trial.eval_split) == (300, 10, "val")
     assert sweep.pruner.warmup_epochs < trial.epochs
-    final = protocol_for(final_config(base, sweep, {}, 10), 10)
+    final = _protocol(final_config(base, sweep, {}, 10))
     assert (final.epochs, final.evaluations, final.eval_split) == (2000, 100, "test")
 
 
 def test_fashion_mnist_trials_run_the_dc_protocol_as_the_proxy_preset_does() -> None:
     sweep, base = load_sweep("sweeps/fashion_mnist.yaml")
-    trial = protocol_for(trial_config(base, sweep, {}, 10), 10)
+    trial = _protocol(trial_config(base, sweep, {}, 10))
     assert dataclasses.replace(trial, name="proxy") == resolve_protocol("proxy", 10)
-    final = protocol_for(final_config(base, sweep, {}, 10), 10)
+    final = _protocol(final_config(base, sweep, {}, 10))
     assert final == resolve_protocol("dc", 10)
 
 

@@ -122,7 +122,9 @@ def test_an_rded_run_logs_soft_label_accuracies_apart_from_hard_label_ones(
 ) -> None:
     assert run_main([str(rded_config)]) == 0
     config = load_config(rded_config)
-    stages = {s.name: s for s in plan(config, Core.load(config).data.fingerprint)}
+    stages = {
+        s.name: s for s in plan(config, Core.load(config.data, config.device).data.fingerprint)
+    }
     record = json.loads((stages["evaluate"].folder / RESULTS_FILE).read_text())
     assert record["labels"] == "soft"
     names = {f"{kind}_acc_{stat}" for kind in ("last", "best") for stat in ("mean", "std")}
@@ -137,7 +139,7 @@ def test_new_teacher_weights_at_the_same_path_make_a_new_evaluation_key(
     rded_config: Path,
 ) -> None:
     config = load_config(rded_config)
-    fingerprint = Core.load(config).data.fingerprint
+    fingerprint = Core.load(config.data, config.device).data.fingerprint
     before = {s.name: s.key for s in plan(config, fingerprint)}
     weights = config.eval.teacher.weights
     torch.save(create_network("convnet3", 10, 1, 28, "instance").state_dict(), weights)

@@ -48,7 +48,7 @@ def test_the_decoded_set_is_the_autoencoders_reconstruction_of_the_same_selectio
     sets = {}
     for decoded in (False, True):
         config = _config(tmp_path, tiny_fmnist, mlflow_store, "herding", decoded)
-        core = Core.load(config)
+        core = Core.load(config.data, config.device)
         result = run_with_core(core, config, Tracker(config.tracking), {}, until="select")
         sets[decoded] = read_surrogate(result.stages["select"]["folder"] / "data")
     real, seen = sets[False], sets[True]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import DiTTransformer2DModel
 
-from mdd.config import Config
+from mdd.config import AutoencoderConfig, ModelConfig
 from mdd.diffusion.autoencoder import Autoencoder, build_autoencoder, load_autoencoder
 from mdd.diffusion.backbone import backbone_info, load_backbone
 from mdd.diffusion.difffit import apply_difffit
@@ -62,18 +62,22 @@ def load_base(folder: Path, device: torch.device) -> BaseModel:
 
 
 def load_pretrained_base(
-    cfg: Config, class_ids: list[int], image_shape: tuple[int, int, int], device: torch.device
+    model: ModelConfig,
+    autoencoder_settings: AutoencoderConfig,
+    class_ids: list[int],
+    image_shape: tuple[int, int, int],
+    device: torch.device,
 ) -> BaseModel:
     """A base the user brings (DiT-XL/2 and the SD VAE, METHOD.md section 3), not trained here."""
-    transformer = load_backbone(cfg.model.preset, cfg.model.path).to(device).eval()
-    autoencoder = build_autoencoder(cfg.autoencoder).to(device)
+    transformer = load_backbone(model.preset, model.path).to(device).eval()
+    autoencoder = build_autoencoder(autoencoder_settings).to(device)
     shape = tuple(autoencoder.latent_shape(image_shape))
     return BaseModel(
         autoencoder=autoencoder,
         transformer=transformer,
         num_classes=len(class_ids),
         latent_shape=shape,  # type: ignore[arg-type]
-        identity=f"{cfg.model.preset}:{cfg.model.path}",
+        identity=f"{model.preset}:{model.path}",
         class_ids=torch.tensor(class_ids),
     )
 

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from mdd.cache import computed_once, save_tensors_atomically
-from mdd.config import Config
+from mdd.config import JudgeSpec
 from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
 from mdd.data.splits import per_class_index
@@ -42,20 +42,20 @@ JUDGE_SEED = 0
 SHIPPED_JUDGES = Path(__file__).resolve().parents[1] / "assets" / "fashion_mnist_judge"
 
 
-def judge_protocol(config: Config) -> Protocol:
+def judge_protocol(spec: JudgeSpec) -> Protocol:
     """DC's optimiser, ``judge.epochs`` (METHOD.md section 4: 2, about 88 % on Fashion-MNIST's
     test split) without augmentation; the dataset's normalisation and the evaluation
     protocol's resolution."""
-    mean, std = NORMALISATION[config.data.dataset]
+    mean, std = NORMALISATION[spec.dataset]
     return dataclasses.replace(
         resolve_protocol("dc", 1),
-        epochs=config.judge.epochs,
+        epochs=spec.settings.epochs,
         augmentation="none",
         milestone_fractions=(),
         evaluations=1,
         mean=mean,
         std=std,
-        image_size=evaluation_image_size(config),
+        image_size=evaluation_image_size(spec.protocol, spec.ipc),
     )
 
 
@@ -82,28 +82,28 @@ class Judge:
         return extract_features(self.network, self._sized(images), self.protocol, self.device)
 
 
-def judge_cache_path(config: Config, fingerprint: str) -> Path:
-    protocol = judge_protocol(config)
-    network = JUDGE_NETWORKS[config.data.dataset]
+def judge_cache_path(spec: JudgeSpec, fingerprint: str) -> Path:
+    protocol = judge_protocol(spec)
+    network = JUDGE_NETWORKS[spec.dataset]
     size = protocol.image_size or "native"
-    judge = config.judge
+    judge = spec.settings
     per_class = f"-{judge.per_class}pc" if judge.per_class else ""
     name = f"{fingerprint}-{network}-{size}-{judge.epochs}ep{per_class}-seed{JUDGE_SEED}"
-    return config.cache_dir / "judge" / f"{name}.safetensors"
+    return spec.cache_dir / "judge" / f"{name}.safetensors"
 
 
-def shipped_judge(config: Config, fingerprint: str) -> Path | None:
+def shipped_judge(spec: JudgeSpec, fingerprint: str) -> Path | None:
     """The shipped weights of exactly this judge (same file name as its cache file), if any."""
-    path = SHIPPED_JUDGES / judge_cache_path(config, fingerprint).name
+    path = SHIPPED_JUDGES / judge_cache_path(spec, fingerprint).name
     return path if path.is_file() else None
 
 
-def judge_identity(config: Config, fingerprint: str) -> dict[str, str] | None:
-    """Which weights ``load_judge`` reads for ``config`` (the cache before the shipped
+def judge_identity(spec: JudgeSpec, fingerprint: str) -> dict[str, str] | None:
+    """Which weights ``load_judge`` reads for ``spec`` (the cache before the shipped
     file) and a hash of their bytes, so a result file says which judge scored it (one
     trained on another machine has other weights); None before any judge exists."""
-    cache = judge_cache_path(config, fingerprint)
-    weights = cache if cache.is_file() else shipped_judge(config, fingerprint)
+    cache = judge_cache_path(spec, fingerprint)
+    weights = cache if cache.is_file() else shipped_judge(spec, fingerprint)
     if weights is None:
         return None
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
@@ -114,47 +114,47 @@ def judge_identity(config: Config, fingerprint: str) -> dict[str, str] | None:
     }
 
 
-def load_judge(data: DatasetSplits, config: Config, device: torch.device) -> Judge:
-    """The judge of ``config``'s dataset: read from the cache, else from the shipped
+def load_judge(data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> Judge:
+    """The judge of ``spec``: read from the cache, else from the shipped
     judge of the same settings, else trained once (under its lock: sweep workers that miss
     the cache together train it once) and cached."""
-    cache = judge_cache_path(config, data.fingerprint)
-    shipped = None if cache.is_file() else shipped_judge(config, data.fingerprint)
+    cache = judge_cache_path(spec, data.fingerprint)
+    shipped = None if cache.is_file() else shipped_judge(spec, data.fingerprint)
     if shipped is not None:
-        return _read_judge(shipped, data, config, device)
+        return _read_judge(shipped, data, spec, device)
 
     def compute() -> Judge:
-        network = _train_judge(data, config, device)
+        network = _train_judge(data, spec, device)
         save_tensors_atomically(network.state_dict(), cache)
-        return Judge(network.eval(), judge_protocol(config), device)
+        return Judge(network.eval(), judge_protocol(spec), device)
 
-    return computed_once(cache, lambda: _read_judge(cache, data, config, device), compute)
+    return computed_once(cache, lambda: _read_judge(cache, data, spec, device), compute)
 
 
-def _read_judge(weights: Path, data: DatasetSplits, config: Config, device: torch.device) -> Judge:
-    protocol = judge_protocol(config)
-    network = judge_network(data, config).to(device)
+def _read_judge(weights: Path, data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> Judge:
+    protocol = judge_protocol(spec)
+    network = judge_network(data, spec).to(device)
     network.load_state_dict(load_file(str(weights)))
     return Judge(network.eval(), protocol, device)
 
 
-def judge_network(data: DatasetSplits, config: Config) -> torch.nn.Module:
+def judge_network(data: DatasetSplits, spec: JudgeSpec) -> torch.nn.Module:
     """An untrained network of the judge's architecture for ``data`` (influence guidance
     trains its trajectory on the same one)."""
     images = data.train.images
-    size = judge_protocol(config).image_size or images.shape[-1]
-    name = JUDGE_NETWORKS[config.data.dataset]
+    size = judge_protocol(spec).image_size or images.shape[-1]
+    name = JUDGE_NETWORKS[spec.dataset]
     return create_network(name, len(data.class_names), images.shape[1], size)
 
 
-def _train_judge(data: DatasetSplits, config: Config, device: torch.device) -> torch.nn.Module:
-    protocol = judge_protocol(config)
+def _train_judge(data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> torch.nn.Module:
+    protocol = judge_protocol(spec)
     train = data.train
-    if config.judge.per_class is not None:
-        train = train.select(per_class_index(train.labels, config.judge.per_class, JUDGE_SEED))
+    if spec.settings.per_class is not None:
+        train = train.select(per_class_index(train.labels, spec.settings.per_class, JUDGE_SEED))
     size = protocol.image_size or train.images.shape[-1]
     return train_network(
-        JUDGE_NETWORKS[config.data.dataset],
+        JUDGE_NETWORKS[spec.dataset],
         resize_images(train.images, size),
         train.labels,
         protocol=protocol,
@@ -165,14 +165,16 @@ def _train_judge(data: DatasetSplits, config: Config, device: torch.device) -> t
     )
 
 
-def train_features(judge: Callable[[], Judge], data: DatasetSplits, config: Config) -> torch.Tensor:
+def train_features(
+    judge: Callable[[], Judge], data: DatasetSplits, spec: JudgeSpec
+) -> torch.Tensor:
     """The judge's features of the whole training split [n, d], float32: read from beside the
     judge's weights, or computed once and kept there. Herding and k-center over real images
     and real-herding read them at every selection, and on an ImageNet subset at 224 px they
     are a pass of ResNetAP-10 over every training image. ``judge`` gives the judge, called
     only when the features are not kept yet (a hit reads no weights)."""
     images = data.train.images
-    judge_file = judge_cache_path(config, data.fingerprint)
+    judge_file = judge_cache_path(spec, data.fingerprint)
     size = "x".join(str(n) for n in images.shape)
     path = judge_file.with_name(f"{judge_file.stem}-train-{size}-features.safetensors")
     if path.is_file():

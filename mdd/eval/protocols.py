@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mdd.config import Config
+from mdd.config import EvalConfig
 from mdd.errors import ConfigError
 
 FASHION_MNIST_MEAN = (0.2861,)
@@ -151,26 +151,26 @@ def resolve_protocol(name: str, ipc: int, overrides: dict[str, Any] | None = Non
     return dataclasses.replace(PROTOCOLS[name](ipc), **given)
 
 
-def eval_overrides(config: Config) -> dict[str, Any]:
+def eval_overrides(settings: EvalConfig) -> dict[str, Any]:
     """The ``eval`` section's values that override a protocol's (None: the preset's)."""
     return {
-        "epochs": config.eval.epochs,
-        "batch_size": config.eval.batch_size,
-        "lr": config.eval.lr,
-        "evaluations": config.eval.evaluations,
-        "eval_split": config.eval.split,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "evaluations": settings.evaluations,
+        "eval_split": settings.split,
     }
 
 
-def evaluation_image_size(config: Config) -> int | None:
-    """The resolution the run's evaluation trains at (None: the set's own)."""
-    if config.eval.protocol not in PROTOCOLS:
+def evaluation_image_size(protocol: str, ipc: int) -> int | None:
+    """The resolution protocol ``protocol`` trains at for ``ipc`` (None: the set's own)."""
+    if protocol not in PROTOCOLS:
         return None  # the soft-label protocol (mdd.eval.softlabel) takes any size
-    return protocol_for(config, config.sample.ipc).image_size
+    return resolve_protocol(protocol, ipc).image_size
 
 
-def protocol_for(config: Config, ipc: int) -> Protocol:
+def protocol_for(settings: EvalConfig, dataset: str, ipc: int) -> Protocol:
     """The protocol of a run: its preset, its ``eval`` overrides, its dataset's normalisation."""
-    protocol = resolve_protocol(config.eval.protocol, ipc, eval_overrides(config))
-    mean, std = NORMALISATION[config.data.dataset]
+    protocol = resolve_protocol(settings.protocol, ipc, eval_overrides(settings))
+    mean, std = NORMALISATION[dataset]
     return dataclasses.replace(protocol, mean=mean, std=std)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mdd.config import GENERATIVE, Config, InfluenceGuidanceConfig, ModeGuidanceConfig
+from mdd.config import GENERATIVE, InfluenceGuidanceConfig, JudgeSpec, ModeGuidanceConfig
 from mdd.data import DatasetSplits
 from mdd.data.latents import LatentSet
 from mdd.diffusion.sampling import Steer
@@ -38,7 +38,8 @@ START = "prototypes"
 class SamplingContext:
     """What a guidance plug-in may read to build its hook for one sampling call."""
 
-    config: Config
+    ipc: int  # the set's images per class
+    judge: JudgeSpec  # the judge's architecture and protocol (IGD trains its trajectory on it)
     data: DatasetSplits  # the real splits (a plug-in reads the training split only)
     latents: LatentSet  # the real training latents
     labels: torch.Tensor  # the dataset labels of the call's items, in the call's order
@@ -78,15 +79,13 @@ def guidance(name: str, rounds: bool = False) -> Callable[[GuidanceBuilder], Gui
 def _mode(cfg: ModeGuidanceConfig, context: SamplingContext) -> Steer:
     latents = context.latents
     num_classes = len(context.data.class_names)
-    modes = class_modes(
-        latents.mean, latents.labels, num_classes, context.config.sample.ipc, MODE_SEED
-    )
+    modes = class_modes(latents.mean, latents.labels, num_classes, context.ipc, MODE_SEED)
     return ModeGuidance(mode_targets(modes, context.labels), cfg.weight, cfg.stop_step)
 
 
 @guidance("influence", rounds=True)
 def _influence(cfg: InfluenceGuidanceConfig, context: SamplingContext) -> Steer:
-    trajectory = load_trajectory(context.data, context.config, cfg, context.device)
+    trajectory = load_trajectory(context.data, context.judge, cfg, context.device)
     return InfluenceGuidance(
         trajectory, context.decode, context.labels, cfg.weight, cfg.deviation,
         cfg.window, cfg.memory_size,

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from mdd.cache import computed_once, digest, save_tensors_atomically
-from mdd.config import Config, InfluenceGuidanceConfig
+from mdd.config import InfluenceGuidanceConfig, JudgeSpec
 from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
 from mdd.diffusion.sampling import StepState
@@ -201,23 +201,23 @@ def rho(eps: Tensor, alpha_bar: float, gradient: Tensor) -> Tensor:
     return RHO_SCALE * rms(eps) * (1 - alpha_bar) ** 0.5 / rms(gradient).clamp(min=1e-12)
 
 
-def trajectory_path(config: Config, cfg: InfluenceGuidanceConfig, fingerprint: str) -> Path:
-    protocol = judge_protocol(config)
+def trajectory_path(spec: JudgeSpec, cfg: InfluenceGuidanceConfig, fingerprint: str) -> Path:
+    protocol = judge_protocol(spec)
     name = digest(
-        fingerprint, JUDGE_NETWORKS[config.data.dataset], protocol.image_size,
+        fingerprint, JUDGE_NETWORKS[spec.dataset], protocol.image_size,
         list(cfg.checkpoints), cfg.real_per_class, JUDGE_SEED, "trajectory",
     )  # fmt: skip
-    return config.cache_dir / "influence" / f"{name}.safetensors"
+    return spec.cache_dir / "influence" / f"{name}.safetensors"
 
 
 def load_trajectory(
-    data: DatasetSplits, config: Config, cfg: InfluenceGuidanceConfig, device: torch.device
+    data: DatasetSplits, spec: JudgeSpec, cfg: InfluenceGuidanceConfig, device: torch.device
 ) -> Trajectory:
-    """The surrogate trajectory of ``config``'s dataset: from the cache, or trained on the
+    """The surrogate trajectory of the judge's dataset: from the cache, or trained on the
     training split once and cached (with its real gradients)."""
-    protocol = judge_protocol(config)
-    network = judge_network(data, config).to(device).eval()  # the judge's architecture
-    path = trajectory_path(config, cfg, data.fingerprint)
+    protocol = judge_protocol(spec)
+    network = judge_network(data, spec).to(device).eval()  # the judge's architecture
+    path = trajectory_path(spec, cfg, data.fingerprint)
 
     def read() -> Trajectory:
         stored = load_file(str(path), device=str(device))
@@ -228,7 +228,7 @@ def load_trajectory(
         return Trajectory(network, checkpoints, stored["real"], protocol)
 
     def compute() -> Trajectory:
-        return _train_trajectory(network, data, config, cfg, device, path)
+        return _train_trajectory(network, data, spec, cfg, device, path)
 
     return computed_once(path, read, compute)
 
@@ -236,18 +236,18 @@ def load_trajectory(
 def _train_trajectory(
     network: nn.Module,
     data: DatasetSplits,
-    config: Config,
+    spec: JudgeSpec,
     cfg: InfluenceGuidanceConfig,
     device: torch.device,
     path: Path,
 ) -> Trajectory:
     """Train the trajectory's checkpoints, take the real gradients at each, write ``path``."""
-    protocol = judge_protocol(config)
+    protocol = judge_protocol(spec)
     train = data.train
     classes = len(data.class_names)
     size = protocol.image_size or train.images.shape[-1]
     checkpoints = train_trajectory(
-        JUDGE_NETWORKS[config.data.dataset],
+        JUDGE_NETWORKS[spec.dataset],
         resize_images(train.images, size),
         train.labels,
         protocol=protocol,

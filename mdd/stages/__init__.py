@@ -6,21 +6,22 @@ provenance every surrogate set's manifest states, generated or selected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-from mdd.config import Config
 
 MetricLogger = Callable[[dict[str, float], int], None]
 
 
-def surrogate_manifest(config: Config, source_checkpoint: Path | None, **extra: Any) -> dict:
-    """What made a surrogate set (``write_surrogate`` adds what the set holds)."""
+def surrogate_manifest(
+    made_by: Mapping[str, Any], source_checkpoint: Path | None, **extra: Any
+) -> dict:
+    """What made a surrogate set (``write_surrogate`` adds what the set holds): the run's
+    ``Config.made_by()`` (method, config hash, seed) and the weights it was sampled with."""
     return {
-        "method": config.method,
-        "config_hash": config.section_hash(),
+        "method": made_by["method"],
+        "config_hash": made_by["config_hash"],
         "source_checkpoint": None if source_checkpoint is None else str(source_checkpoint),
-        "seed": config.seed,
+        "seed": made_by["seed"],
         **extra,
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mdd.config import Config
+from mdd.config import JudgeSpec, SampleConfig
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import save_grid
 from mdd.diffusion.base import BaseModel
@@ -57,20 +57,23 @@ def consistency_of(
 def class_consistency(
     data: DatasetSplits,
     base: BaseModel,
-    config: Config,
+    sample: SampleConfig,
+    seed: int,
+    judge_spec: JudgeSpec,
     per_class: int,
     folder: Path,
     device: torch.device,
 ) -> ConsistencyResult:
-    """Sample ``per_class`` images per class from ``base`` and judge them."""
+    """Sample ``per_class`` images per class from ``base`` by ``sample`` with ``seed``, and
+    judge them by the judge of ``judge_spec``."""
     started = time.perf_counter()
     num_classes = len(data.class_names)
-    judge = load_judge(data, config, device)
+    judge = load_judge(data, judge_spec, device)
     test_predictions = judge.predict(data.test.images)
     judge_acc = 100.0 * float((test_predictions == data.test.labels).float().mean())
 
     labels = make_labels(num_classes, per_class)
-    images = generate_images(base, labels, config.sample, config.seed, device)
+    images = generate_images(base, labels, sample, seed, device)
     consistency, per_class_share = consistency_of(judge, images, labels)
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,6 @@ def class_consistency(
         wall_s=time.perf_counter() - started,
     )
     record = {**dataclasses.asdict(result), "grid": str(grid)}
-    record["sample"] = config.sample.model_dump()
+    record["sample"] = sample.model_dump()
     (folder / "consistency.json").write_text(json.dumps(record, indent=2))
     return result

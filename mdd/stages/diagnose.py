@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mdd.config import Config
+from mdd.config import JudgeSpec
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import read_surrogate
 from mdd.eval.diagnostics import diagnose, real_data
@@ -21,12 +21,13 @@ DIAGNOSTICS_FILE = "diagnostics.json"
 
 
 def diagnose_surrogate(
-    surrogate: Path, data: DatasetSplits, config: Config, folder: Path, device: torch.device
+    surrogate: Path, data: DatasetSplits, judge: JudgeSpec, folder: Path, device: torch.device
 ) -> dict[str, float]:
-    """Judge the set in ``surrogate`` against the real data; write ``folder/diagnostics.json``."""
+    """Judge the set in ``surrogate`` against the real data by the judge of ``judge``; write
+    ``folder/diagnostics.json``."""
     dataset = read_surrogate(surrogate)
-    judge = load_judge(data, config, device)
-    values = diagnose(dataset.images, dataset.labels, judge, real_data(data))
+    measure = load_judge(data, judge, device)
+    values = diagnose(dataset.images, dataset.labels, measure, real_data(data))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / DIAGNOSTICS_FILE).write_text(json.dumps(values, indent=2))
     return values

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mdd.cache import file_identity  # noqa: E402
-from mdd.config import Config  # noqa: E402
+from mdd.config import DataConfig, EvalConfig  # noqa: E402
 from mdd.data import DatasetSplits, ImageSet  # noqa: E402
 from mdd.data.folders import imagenet_indices  # noqa: E402
 from mdd.data.load import resize_images  # noqa: E402
@@ -74,28 +75,29 @@ def _labels_from_teacher(
     dataset_images: torch.Tensor,
     target: ImageSet,
     data: DatasetSplits,
-    config: Config,
+    job: EvaluationJob,
     ipc: int,
     device: torch.device,
     on_epoch: Callable[[str, int], EpochCallback],
 ) -> tuple[SoftProtocol, dict[str, RepeatedResult], dict[str, object]]:
     """The rded protocol: every network of ``eval.networks`` as students of the teacher."""
-    teacher_config = config.eval.teacher
+    settings, source = job.settings, job.data
+    teacher_config = settings.teacher
     assert teacher_config is not None  # the config's validator requires it with rded
     num_classes = len(data.class_names)
-    mean, std = NORMALISATION[config.data.dataset]
-    protocol = resolve_soft_protocol(ipc, num_classes, mean, std, eval_overrides(config))
+    mean, std = NORMALISATION[source.dataset]
+    protocol = resolve_soft_protocol(ipc, num_classes, mean, std, eval_overrides(settings))
     _, channels, size, _ = dataset_images.shape
     imagenet = None
-    if config.data.dataset == "imagenet_subset" and config.data.root is not None:
-        imagenet = imagenet_indices(config.data.root, data.class_names)
+    if source.dataset == "imagenet_subset" and source.root is not None:
+        imagenet = imagenet_indices(source.root, data.class_names)
     teacher = load_teacher(teacher_config, num_classes, channels, size, device, imagenet)
     results = {}
-    for index, network in enumerate(config.eval.networks):
+    for index, network in enumerate(settings.networks):
         results[network] = evaluate_students(
             network, dataset_images, target.images, target.labels, teacher,
-            protocol=protocol, num_classes=num_classes, repeats=config.eval.repeats,
-            seed=config.seed, device=device, norm=config.eval.norm,
+            protocol=protocol, num_classes=num_classes, repeats=settings.repeats,
+            seed=job.seed, device=device, norm=settings.norm,
             on_epoch=on_epoch(network, index),
         )  # fmt: skip
     about = {
@@ -112,14 +114,15 @@ def _labels_given(
     train_labels: torch.Tensor,
     target: ImageSet,
     data: DatasetSplits,
-    config: Config,
+    job: EvaluationJob,
     protocol: Protocol,
     device: torch.device,
     on_epoch: Callable[[str, int], EpochCallback],
 ) -> dict[str, RepeatedResult]:
     """A hard-label protocol: every network of ``eval.networks`` on the set's own labels."""
+    settings = job.settings
     results = {}
-    for index, network in enumerate(config.eval.networks):
+    for index, network in enumerate(settings.networks):
         results[network] = evaluate_repeats(
             network,
             train_images,
@@ -128,24 +131,36 @@ def _labels_given(
             target.labels,
             protocol=protocol,
             num_classes=len(data.class_names),
-            repeats=config.eval.repeats,
-            seed=config.seed,
+            repeats=settings.repeats,
+            seed=job.seed,
             device=device,
-            norm=config.eval.norm,
-            batch_repeats=config.eval.batch_repeats,
-            precision=config.eval.precision,
-            compile=config.eval.compile,
-            workers=config.eval.workers,
+            norm=settings.norm,
+            batch_repeats=settings.batch_repeats,
+            precision=settings.precision,
+            compile=settings.compile,
+            workers=settings.workers,
             on_epoch=on_epoch(network, index),
             progress=True,
         )
     return results
 
 
+@dataclass(frozen=True)
+class EvaluationJob:
+    """What an evaluation takes from a run's config: the ``eval`` section, the ``data``
+    section (the dataset's normalisation, the ImageNet root a teacher's classes map to),
+    the IPC a set without one in its manifest is evaluated at, and the networks' seed."""
+
+    settings: EvalConfig
+    data: DataConfig
+    ipc: int
+    seed: int
+
+
 def evaluate_surrogate(
     surrogate: Path,
     data: DatasetSplits,
-    config: Config,
+    job: EvaluationJob,
     folder: Path,
     device: torch.device,
     log: MetricLogger,
@@ -161,11 +176,12 @@ def evaluate_surrogate(
     matrices and every network's history, to ``folder/results.json`` (``read_results``).
     """
     dataset = read_surrogate(surrogate)
-    ipc = dataset.manifest.get("ipc") or config.sample.ipc
-    soft = config.eval.protocol == "rded"
-    split = config.eval.split or "test"
+    ipc = dataset.manifest.get("ipc") or job.ipc
+    settings = job.settings
+    soft = settings.protocol == "rded"
+    split = settings.split or "test"
     if not soft:
-        hard = protocol_for(config, ipc)
+        hard = protocol_for(settings, job.data.dataset, ipc)
         split = hard.eval_split
     target = data.val if split == "val" else data.test
     size = (None if soft else hard.image_size) or target.images.shape[-1]
@@ -184,12 +200,12 @@ def evaluate_surrogate(
     record: dict[str, object] = {"labels": "soft" if soft else "hard"}
     if soft:
         protocol, results, record["teacher"] = _labels_from_teacher(
-            train_images, target, data, config, ipc, device, on_epoch
+            train_images, target, data, job, ipc, device, on_epoch
         )
     else:
         protocol = hard
         results = _labels_given(
-            train_images, dataset.labels, target, data, config, hard, device, on_epoch
+            train_images, dataset.labels, target, data, job, hard, device, on_epoch
         )
     metrics: dict[str, float] = {}
     for network, result in results.items():
@@ -198,7 +214,7 @@ def evaluate_surrogate(
         metrics[f"{prefix}/last_acc_std"] = result.last_acc_std
         metrics[f"{prefix}/best_acc_mean"] = result.best_acc_mean
         metrics[f"{prefix}/best_acc_std"] = result.best_acc_std
-        title = f"{network} on {split}, {config.eval.repeats} networks summed"
+        title = f"{network} on {split}, {settings.repeats} networks summed"
         _plot_confusion(
             result.confusion, data.class_names, title, folder / f"confusion_{network}.png"
         )

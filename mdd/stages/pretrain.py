@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import DiTTransformer2DModel
 
-from mdd.config import Config
+from mdd.config import BaseRecipe
 from mdd.data import ImageSet
 from mdd.data.latents import LatentSet, cached_latents
 from mdd.diffusion.autoencoder import (
@@ -48,7 +48,7 @@ from mdd.stages import MetricLogger
 
 
 def prepare_autoencoder(
-    train: ImageSet, cfg: Config, folder: Path, device: torch.device, log: MetricLogger
+    train: ImageSet, recipe: BaseRecipe, folder: Path, device: torch.device, log: MetricLogger
 ) -> Autoencoder:
     """Stage 1 of pretraining: the autoencoder, saved in (and reloaded from) ``folder``.
 
@@ -57,19 +57,19 @@ def prepare_autoencoder(
     """
     if (folder / "config.json").is_file():
         return load_autoencoder(folder).to(device)
-    ae_cfg = cfg.autoencoder
-    if ae_cfg.kind != "conv":
-        autoencoder = build_autoencoder(ae_cfg)
+    settings = recipe.autoencoder
+    if settings.kind != "conv":
+        autoencoder = build_autoencoder(settings)
         save_autoencoder(autoencoder, folder)
         return autoencoder.to(device)
     autoencoder = train_conv_autoencoder(
         train.images,
-        latent_channels=ae_cfg.latent_channels,
-        widths=ae_cfg.widths,
-        epochs=ae_cfg.epochs,
-        batch_size=ae_cfg.batch_size,
-        lr=ae_cfg.lr,
-        seed=cfg.seed,
+        latent_channels=settings.latent_channels,
+        widths=settings.widths,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=recipe.seed,
         device=device,
         progress=True,
         on_step=lambda step, metrics: (
@@ -83,15 +83,15 @@ def prepare_autoencoder(
 def pretrain_transformer(
     latents: LatentSet,
     num_classes: int,
-    cfg: Config,
+    recipe: BaseRecipe,
     folder: Path,
     device: torch.device,
     log: MetricLogger,
 ) -> DiTTransformer2DModel:
     """Stage 2: the latent DiT from scratch, with periodic checkpoints and resume."""
-    pre = cfg.pretrain
+    pre = recipe.pretrain
     channels, height, _ = latents.mean.shape[1:]
-    model = create_backbone(cfg.model.preset, num_classes, channels, height).to(device)
+    model = create_backbone(recipe.model.preset, num_classes, channels, height).to(device)
     # Labels are dropped once per sample below; diffusers would also drop them
     # independently in every block (METHOD.md section 3).
     disable_block_label_dropout(model)
@@ -99,7 +99,7 @@ def pretrain_transformer(
     params = {name: p for name, p in model.named_parameters()}
     ema = {name: p.detach().clone() for name, p in params.items()}
     optimizer = torch.optim.AdamW(params.values(), lr=pre.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
     schedule = NoiseSchedule().to(device)
 
     count = latents.mean.shape[0]
@@ -164,33 +164,33 @@ def pretrain_base(
     train: ImageSet,
     class_names: list[str],
     data_fingerprint: str,
-    cfg: Config,
+    recipe: BaseRecipe,
     folder: Path,
     device: torch.device,
     log: MetricLogger,
 ) -> Path:
     """Autoencoder, cached latents, then the DiT; writes the base folder and returns it."""
     started = time.perf_counter()
-    autoencoder = prepare_autoencoder(train, cfg, folder / "autoencoder", device, log)
+    autoencoder = prepare_autoencoder(train, recipe, folder / "autoencoder", device, log)
     latents = cached_latents(
         train.images,
         train.labels,
         autoencoder=autoencoder,
         data_fingerprint=data_fingerprint,
         flip=False,
-        cache_dir=cfg.cache_dir / "latents",
+        cache_dir=recipe.cache_dir / "latents",
         batch_size=512,
         device=device,
     )
-    model = pretrain_transformer(latents, len(class_names), cfg, folder, device, log)
+    model = pretrain_transformer(latents, len(class_names), recipe, folder, device, log)
     model.save_pretrained(folder / "transformer", safe_serialization=True)
     manifest = {
         "class_names": class_names,
         "data_fingerprint": data_fingerprint,
-        "preset": cfg.model.preset,
-        "pretrain": cfg.pretrain.model_dump(mode="json"),
-        "autoencoder": cfg.autoencoder.model_dump(mode="json"),
-        "seed": cfg.seed,
+        "preset": recipe.model.preset,
+        "pretrain": recipe.pretrain.model_dump(mode="json"),
+        "autoencoder": recipe.autoencoder.model_dump(mode="json"),
+        "seed": recipe.seed,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     (folder / "base.json").write_text(json.dumps(manifest, indent=2))

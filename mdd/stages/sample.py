@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mdd.config import Config, SampleConfig
+from mdd.config import SampleConfig, SetOrigin
 from mdd.data import DatasetSplits
 from mdd.data.latents import LatentSet
 from mdd.data.surrogate import write_surrogate
@@ -83,15 +83,17 @@ def sample_surrogate(
     source: Path | None,
     latents: LatentSet,
     data: DatasetSplits,
-    config: Config,
+    sample: SampleConfig,
+    set_for: SetOrigin,
     folder: Path,
     device: torch.device,
     world: World = ALONE,
     classes: range | None = None,
 ) -> Sampled | None:
-    """Write ``folder/data``: IPC generated images per class (``oversample`` x IPC with a
-    selection), sampled with ``weights`` (read from ``source``); ``latents`` (the real
-    training latents) and ``data`` are what a guidance plug-in may read.
+    """Write ``folder/data``: ``set_for.per_class`` generated images per class (IPC, or
+    ``oversample`` x IPC for a selection's pool), sampled by ``sample`` with ``weights``
+    (read from ``source``); ``latents`` (the real training latents), ``data`` and the judge
+    are what a guidance plug-in may read.
 
     Split over a ``world`` (torchrun), each rank samples a shard of the classes with the
     items' own seeds, and rank 0 writes the set the one-process call writes; the others
@@ -99,8 +101,7 @@ def sample_surrogate(
     A class phase (``classes``) samples its classes' items of the whole set, each with the
     seed it has there.
     """
-    sample = config.sample
-    per_class = sample.ipc * (config.selection.oversample if config.selection else 1)
+    per_class = set_for.per_class
     labels = make_labels(base.num_classes, per_class)
     first, phase = 0, {}
     if classes is not None:
@@ -116,27 +117,28 @@ def sample_surrogate(
         if plugin.rounds:
             labels = round_major(labels)
             batch_size = base.num_classes
-        context = SamplingContext(config, data, latents, labels, base.autoencoder.decode, device)
+        context = SamplingContext(
+            sample.ipc, set_for.judge, data, latents, labels, base.autoencoder.decode, device
+        )
         steer = plugin.build(sample.guidance, context)
     start = None
     if sample.start is not None:
         start = prototypes_of(latents.mean, latents.labels, labels, base.num_classes, per_class)
     setup_s = time.perf_counter() - started
     settings = sample.model_copy(update={"batch_size": batch_size})
+    seed = set_for.seed
     if steer is None and world.split:
-        seed = config.set_seed()
         images = _sample_shards(base, labels, settings, seed, device, weights, world, first, start)
         if images is None:
             return None
     elif world.main:
-        seed = config.set_seed()
         images = generate_images(base, labels, settings, seed, device, weights, steer, first, start)
     else:
         return None
     sampling_s = time.perf_counter() - started - setup_s
     order = torch.argsort(labels, stable=True)  # the set is written class-major
     images, labels = images[order], labels[order]
-    manifest = surrogate_manifest(config, source, sample=sample.model_dump(), **phase)
+    manifest = surrogate_manifest(set_for.made_by, source, sample=sample.model_dump(), **phase)
     write_surrogate(folder / "data", images, labels, data.class_names, manifest)
     cost = {
         "sample/images": float(len(labels)),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mdd.config import Config
+from mdd.config import SampleConfig, SetOrigin
 from mdd.core import LoadedBase
 from mdd.data import DatasetSplits
 from mdd.data.surrogate import read_surrogate, write_surrogate
@@ -25,12 +25,12 @@ from mdd.stages import surrogate_manifest
 
 
 def _pool(
-    labels: torch.Tensor, images: torch.Tensor | None, data: DatasetSplits, config: Config,
+    labels: torch.Tensor, images: torch.Tensor | None, data: DatasetSplits, set_for: SetOrigin,
     device: torch.device,
 ) -> Pool:  # fmt: skip
     """``images`` (None: the training split) as a pool; the judge is loaded when first asked."""
-    judge: Callable[[], Judge] = cache(lambda: load_judge(data, config, device))
-    real = cache(lambda: train_features(judge, data, config))
+    judge: Callable[[], Judge] = cache(lambda: load_judge(data, set_for.judge, device))
+    real = cache(lambda: train_features(judge, data, set_for.judge))
     shown = data.train.images if images is None else images
     return Pool(
         labels,
@@ -38,46 +38,52 @@ def _pool(
         cache(lambda: judge().probabilities(shown)),
         data.train.labels,
         real,
-        config.set_seed(),
+        set_for.seed,
     )
 
 
 def select_surrogate(
     data: DatasetSplits,
-    config: Config,
+    rule: str,
+    sample: SampleConfig,
+    set_for: SetOrigin,
     folder: Path,
     device: torch.device,
     decoded: LoadedBase | None = None,
 ) -> Path:
-    """The training images ``config.method`` picks, or with ``decoded``
-    (``sample.through_autoencoder``) the base's autoencoder's decoding of their cached
-    latents, as the sampler's images are made."""
+    """The ``sample.ipc`` training images per class that the selection ``rule`` (the
+    method) picks, or with ``decoded`` (``sample.through_autoencoder``) the base's
+    autoencoder's decoding of their cached latents, as the sampler's images are made."""
     train = data.train
-    index = SELECTIONS[config.method](_pool(train.labels, None, data, config, device),
-                                      config.sample.ipc)  # fmt: skip
+    index = SELECTIONS[rule](_pool(train.labels, None, data, set_for, device), sample.ipc)
     images = train.images[index]
     extra: dict[str, str] = {}
     if decoded is not None:
         autoencoder = decoded.model.autoencoder
         latents = decoded.latents.mean[index]  # the first len(train) items are unflipped
-        images = autoencoder.decode_batched(latents, config.sample.batch_size, device)
+        images = autoencoder.decode_batched(latents, sample.batch_size, device)
         extra["through_autoencoder"] = autoencoder.identity
-    manifest = surrogate_manifest(config, None, data_fingerprint=data.fingerprint, **extra)
+    manifest = surrogate_manifest(set_for.made_by, None, data_fingerprint=data.fingerprint, **extra)
     return write_surrogate(folder, images, train.labels[index], data.class_names, manifest)
 
 
 def select_candidates(
-    pool: Path, data: DatasetSplits, config: Config, folder: Path, device: torch.device
+    pool: Path,
+    data: DatasetSplits,
+    rule: str,
+    ipc: int,
+    set_for: SetOrigin,
+    folder: Path,
+    device: torch.device,
 ) -> Path:
-    """Keep ``sample.ipc`` of each class's candidates in ``pool`` by ``selection.kind``, as
-    judged by the judge (trained on the training split only)."""
-    assert config.selection is not None  # the plan has this stage only with a selection
+    """Keep ``ipc`` of each class's candidates in ``pool`` by the selection ``rule``
+    (``selection.kind``), as judged by the judge (trained on the training split only)."""
     candidates = read_surrogate(pool)
-    offered = _pool(candidates.labels, candidates.images, data, config, device)
-    index = SELECTIONS[config.selection.kind](offered, config.sample.ipc)
+    offered = _pool(candidates.labels, candidates.images, data, set_for, device)
+    index = SELECTIONS[rule](offered, ipc)
     source = candidates.manifest["source_checkpoint"]
     manifest = surrogate_manifest(
-        config,
+        set_for.made_by,
         None if source is None else Path(source),
         sample=candidates.manifest.get("sample"),
         pool=str(pool),

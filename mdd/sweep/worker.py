@@ -292,7 +292,7 @@ class Worker:
     def core(self, config: Config) -> Core:
         key = config.section_hash("data", "device")
         if key not in self.cores:
-            self.cores[key] = Core.load(config)
+            self.cores[key] = Core.load(config.data, config.device)
         return self.cores[key]
 
     def trial_id(self, study: optuna.Study, trial: Trial) -> int:
