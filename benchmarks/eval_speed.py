@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs per arm")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--json", type=Path, metavar="OUT")
+    parser.add_argument("--report", type=Path, metavar="OUT", help="the printed lines, as text")
     # One arm in this process (what bench_eval starts).
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
@@ -256,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run_arm(args.arm, case, args.epochs, args.workdir)
     else:
         result = bench_eval(args.cases, args.quick)
-        print("\n".join(report_lines(result)), flush=True)
+        lines = "\n".join(report_lines(result))
+        print(lines, flush=True)
+        if args.report is not None:  # speed.py puts them in its table
+            args.report.write_text(lines + "\n")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,11 +23,11 @@ benchmarks/README.md says what each benchmark measures and how to run it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,10 +54,7 @@ from mdd.runtime import pick_device, seed_everything
 from mdd.stages.finetune import finetune
 from mdd.stages.sample import generate_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling module
-import eval_speed  # noqa: E402
-import sweep_speed  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist.yaml"
 IMAGE_SHAPE = (1, 28, 28)  # Fashion-MNIST
 LOG_EVERY_STEPS = 10  # finetune() reports its steps/s over windows of this many steps
@@ -68,13 +65,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "finetune_with_over_without_criteria": ("<=", 1.10),
     "sampling_batched_over_one_at_a_time": (">=", 10.0),
     "sweep_fresh_processes_over_shared_core": (">=", 2.0),
-    **{f"eval_reference_over_mdd_{n}": (">=", c.target) for n, c in eval_speed.CASES.items()},
-    **{
-        f"eval_a88e2ab_over_mdd_{n}": (">=", c.levers_target)
-        for n, c in eval_speed.CASES.items()
-        if c.levers_target is not None
-    },
-}
+}  # benchmark 6's targets are its cases' own (eval_speed.py's CASES), read from its output
 RATIO_LABELS = {
     "finetune_with_over_without_criteria": "1. fine-tune step time, with / without criteria",
     "criteria_loop_over_ring_buffer_d196": "2. criteria time, loop / ring buffer, D = 196",
@@ -82,14 +73,10 @@ RATIO_LABELS = {
     "finetune_encoding_over_cached": "3. fine-tune step time, encoding / cached",
     "sampling_batched_over_one_at_a_time": "4. sampling images/s, batched / one at a time",
     "sweep_fresh_processes_over_shared_core": "5. sweep wall time, fresh processes / shared",
-    **{
-        f"eval_reference_over_mdd_{name}": f"6. evaluation, reference / mdd, {name}"
-        for name in eval_speed.CASES
-    },
-    **{
-        f"eval_a88e2ab_over_mdd_{name}": f"6. evaluation, a88e2ab / mdd (levers), {name}"
-        for name in eval_speed.CASES
-    },
+}
+EVAL_LABELS = {  # by ratio name's prefix; the case's name follows
+    "eval_reference_over_mdd_": "6. evaluation, reference / mdd, ",
+    "eval_a88e2ab_over_mdd_": "6. evaluation, a88e2ab / mdd (levers), ",
 }
 
 
@@ -106,7 +93,6 @@ class Sizes:
     criteria_repeats: int
     sample_ipc: int  # images per class sampled by each arm
     sample_repeats: int
-    sweep: sweep_speed.SweepSizes  # benchmark 5's trial grid
 
 
 FULL = Sizes(
@@ -119,7 +105,6 @@ FULL = Sizes(
     criteria_repeats=5,
     sample_ipc=10,
     sample_repeats=2,
-    sweep=sweep_speed.FULL,
 )
 QUICK = Sizes(
     images=200,
@@ -131,7 +116,6 @@ QUICK = Sizes(
     criteria_repeats=2,
     sample_ipc=1,
     sample_repeats=1,
-    sweep=sweep_speed.QUICK,
 )
 
 
@@ -350,7 +334,8 @@ def run_all(
     """Every benchmark at the experiment's sizes; the numbers as a JSON-ready dict.
 
     ``sweep_overrides`` (e.g. ``data.root=...``) apply to every trial of benchmark 5; None
-    skips it. ``eval_cases`` are benchmark 6's cases; None skips it.
+    skips it. ``eval_cases`` are benchmark 6's cases (empty: all of them); None skips it.
+    Benchmarks 5 and 6 run as their own scripts, each in a process of its own.
     """
     cfg = load_config(EXPERIMENT)
     seed_everything(cfg.seed)
@@ -368,14 +353,16 @@ def run_all(
         for name, shape in CRITERIA_SHAPES.items()
     }
     sampling_results = bench_sampling(base, cfg.sample, sizes, device)
-    sweep_results = None
+    quick = ["--quick"] if mode == "quick" else []
+    sweep, sweep_lines = None, []
     if sweep_overrides is not None:
-        with tempfile.TemporaryDirectory(prefix="mdd-speed-sweep-") as tmp:
-            sweep_results = sweep_speed.bench_sweep(sizes.sweep, sweep_overrides, Path(tmp))
-
-    eval_results = None
+        sets = [arg for item in sweep_overrides for arg in ("--set", item)]
+        sweep, sweep_lines = _sibling("sweep_speed.py", [*quick, *sets])
+    sweep_results = None if sweep is None else sweep["result"]
+    eval_results, eval_lines = None, []
     if eval_cases is not None:
-        eval_results = eval_speed.bench_eval(eval_cases, quick=mode == "quick")
+        cases = ["--cases", *eval_cases] if eval_cases else []
+        eval_results, eval_lines = _sibling("eval_speed.py", [*quick, *cases])
 
     ft = {name: arm["ms_per_step"] for name, arm in finetune_results.items()}
     ratios = {
@@ -413,8 +400,8 @@ def run_all(
         "sample_steps": cfg.sample.steps,
         "sample_scheduler": cfg.sample.scheduler,
         "guidance_scale": cfg.sample.guidance_scale,
-        **{f"sizes_{key}": value for key, value in vars(sizes).items() if key != "sweep"},
-        "sweep": dataclasses.asdict(sizes.sweep),
+        **{f"sizes_{key}": value for key, value in vars(sizes).items()},
+        "sweep": None if sweep is None else sweep["grid"],
     }
     return {
         "hardware": info,
@@ -425,15 +412,45 @@ def run_all(
         "sweep": sweep_results,
         "evaluation": eval_results,
         "ratios": ratios,
+        "targets": {**TARGETS, **_eval_targets(eval_results or {})},
+        "report_lines": {"sweep": sweep_lines, "evaluation": eval_lines},
     }
 
 
-def _target(name: str, value: float) -> str:
-    if name not in TARGETS:
+def _sibling(script: str, args: list[str]) -> tuple[Any, list[str]]:
+    """Run benchmark ``script`` (one of this folder's) in its own process: its JSON output
+    and its report lines. Its progress goes to this process's output as it comes."""
+    with tempfile.TemporaryDirectory(prefix="mdd-speed-part-") as tmp:
+        out, lines = Path(tmp) / "out.json", Path(tmp) / "report.txt"
+        command = [sys.executable, str(HERE / script), *args]
+        subprocess.run([*command, "--json", str(out), "--report", str(lines)], check=True)
+        return json.loads(out.read_text()), lines.read_text().splitlines()
+
+
+def _eval_targets(evaluation: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    """Benchmark 6's targets, as each case of ``eval_speed.py`` states them."""
+    targets = {}
+    for name, result in evaluation.items():
+        case = result["case"]
+        targets[f"eval_reference_over_mdd_{name}"] = (">=", case["target"])
+        if case["levers_target"] is not None:
+            targets[f"eval_a88e2ab_over_mdd_{name}"] = (">=", case["levers_target"])
+    return targets
+
+
+def _target(targets: dict[str, Any], name: str, value: float) -> str:
+    if name not in targets:
         return ""
-    sense, bound = TARGETS[name]
+    sense, bound = targets[name]
     met = value <= bound if sense == "<=" else value >= bound
     return f"{sense} {bound:g}  {'met' if met else 'MISSED'}"
+
+
+def _label(ratio: str) -> str:
+    for prefix, label in EVAL_LABELS.items():
+        if ratio.startswith(prefix):
+            return label + ratio[len(prefix) :]
+    return RATIO_LABELS[ratio]
 
 
 def report(results: dict[str, Any]) -> str:
@@ -503,13 +520,13 @@ def report(results: dict[str, Any]) -> str:
             f"   {label:<48} {arm['images_per_s']:8.2f} images/s "
             f"({int(arm['images'])} images in {arm['seconds']:.2f} s)"
         )
-    if results["sweep"] is not None:
-        lines += ["", *sweep_speed.report_lines(results["sweep"], st["sweep"])]
-    if results["evaluation"] is not None:
-        lines += ["", *eval_speed.report_lines(results["evaluation"])]
+    for part in ("sweep", "evaluation"):
+        if results[part] is not None:
+            lines += ["", *results["report_lines"][part]]
     lines += ["", f"   {'ratio':<48} {'value':>8}   target"]
     for name, value in results["ratios"].items():
-        lines.append(f"   {RATIO_LABELS[name]:<48} {value:8.3f}   {_target(name, value)}".rstrip())
+        target = _target(results["targets"], name, value)
+        lines.append(f"   {_label(name):<48} {value:8.3f}   {target}".rstrip())
     return "\n".join(lines)
 
 
@@ -539,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_overrides = None if args.skip_sweep else [f"device={args.device}", *args.overrides]
     sizes, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     # CI's quick run keeps one case of benchmark 6: the 224 px one takes minutes even short.
-    eval_cases = ["dc-ipc10"] if args.quick else list(eval_speed.CASES)
+    eval_cases = ["dc-ipc10"] if args.quick else []  # []: every case eval_speed.py has
     results = run_all(device, sizes, mode, sweep_overrides, None if args.skip_eval else eval_cases)
     print(report(results), flush=True)
     if args.json is not None:

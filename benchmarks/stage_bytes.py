@@ -6,7 +6,8 @@ this checkout and with REV (checked out into a temporary git worktree), each tre
 empty cache folder of its own, one after the other on this machine, and compares every file
 of the two caches by SHA-256. JSON files are compared with the fields that time a stage
 (``wall_s``, images or steps per second, set-up seconds) or date a set (``created``) left
-out: they differ between any two runs. The stage keys themselves are pinned by ``tests/test_stage_keys.py``.
+out: they differ between any two runs. The stage keys themselves are pinned by
+``tests/test_stage_keys.py``.
 
     .venv/bin/python benchmarks/stage_bytes.py --against REV [--cases NAME ...] [--json FILE]
         [--keep FOLDER]

@@ -12,14 +12,24 @@ arms run exactly the same configurations) are run twice:
 
 Each arm is timed from process launch to exit. Both arms write to their own MLflow and Optuna
 stores under a temporary folder, so the user's ``runs/`` is never touched.
+
+    .venv/bin/python benchmarks/sweep_speed.py [--quick] [--set KEY=VALUE ...] [--json OUT]
+        [--report OUT]
+
+``--json`` writes the trial grid (``grid``) and both arms' numbers (``result``); ``--report``
+the printed lines (``benchmarks/speed.py`` runs it so and puts them in its table).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import itertools
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +38,7 @@ from typing import Any
 import optuna
 import yaml
 
+from mdd.cli import add_set_argument
 from mdd.config import TrackingConfig, parse_override
 from mdd.sweep.config import SweepConfig, load_sweep, trial_config
 from mdd.sweep.worker import study_name
@@ -226,3 +237,28 @@ def report_lines(result: dict[str, Any], grid: dict[str, Any]) -> list[str]:
         f"   saved {result['saved_s']:.1f} s: about {result['saved_by_finetune_reuse_s']:.1f} s "
         f"by fine-tune reuse, {result['saved_by_shared_core_s']:.1f} s by the shared core",
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the quick grid (CI's)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers here")
+    parser.add_argument("--report", type=Path, metavar="OUT", help="the printed lines, as text")
+    add_set_argument(parser)  # every trial's, e.g. --set data.root=/path/to/fmnist
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="mdd-sweep-speed-") as tmp:
+        result = bench_sweep(sizes, args.overrides, Path(tmp))
+    grid = dataclasses.asdict(sizes)
+    lines = "\n".join(report_lines(result, grid))
+    print(lines, flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"grid": grid, "result": result}, indent=2) + "\n")
+    if args.report is not None:
+        args.report.write_text(lines + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

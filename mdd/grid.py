@@ -8,10 +8,12 @@ from those files (``benchmarks/render_results.py``), never typed.
 from __future__ import annotations
 
 import math
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mdd.config import FinetuneConfig, SampleConfig
+from mdd.cells import ROOT, STANDARD
+from mdd.config import FinetuneConfig, SampleConfig, load_config
 from mdd.results import read_results, read_sets
 from mdd.stats import compare, set_level
 
@@ -82,8 +84,6 @@ def render_plugins(records: list[dict[str, Any]], grid_columns: bool = False) ->
 
 # Columns whose set no seed changes (herding and k-center of real images, the whole split):
 # one set, whatever --set-seeds asks.
-# The embedded default's base, which the notes name once; a cell of another says which.
-SHIPPED_BASE = "mdd/assets/fashion_mnist_base"
 DETERMINISTIC = ("herding", "kcenter", "full")
 # What a set-level reading is compared with at its IPC: the real-image baselines.
 REFERENCES = ("herding", "random")
@@ -149,6 +149,15 @@ def _levers(record: dict[str, Any]) -> str:
     return f" ({levers['precision']}, {compiled}, {where})"
 
 
+@cache
+def embedded_base() -> str:
+    """The embedded default's base folder (``experiments/fashion_mnist.yaml``) as result
+    files name a cell's base: relative to the checkout."""
+    checkpoint = load_config(STANDARD.experiment).pretrain.checkpoint
+    assert checkpoint is not None  # the embedded default ships its base
+    return str(checkpoint.relative_to(ROOT) if checkpoint.is_absolute() else checkpoint)
+
+
 def _settings(record: dict[str, Any]) -> str:
     """A cell's settings, in brackets: a plug-in's, and minimax weights and sampler settings
     other than the published ones and the embedded default's (which the notes name once)."""
@@ -166,7 +175,7 @@ def _settings(record: dict[str, Any]) -> str:
         if start := sampler.get("start"):
             parts.append(f"from {start['kind']}, strength {start['strength']:g}")
     base = record.get("base")
-    if base and base["checkpoint"] != SHIPPED_BASE:
+    if base and base["checkpoint"] != embedded_base():  # the notes name the default's once
         parts.append(
             f"base {base['checkpoint']}: autoencoder {base['autoencoder_epochs']:g} epochs, "
             f"DiT {base['pretrain_epochs']:g}"
