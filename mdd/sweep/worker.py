@@ -39,7 +39,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mdd.cache import file_lock
-from mdd.config import Config
+from mdd.config import Config, DataConfig
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, Pruned
 from mdd.pipeline import execute
@@ -289,10 +289,11 @@ class Worker:
 
     # -- trials --------------------------------------------------------------------------
 
-    def core(self, config: Config) -> Core:
-        key = config.section_hash("data", "device")
+    def core(self, source: DataConfig, device: str) -> Core:
+        """The worker's core of ``source`` on ``device``: loaded by the first trial of them."""
+        key = json.dumps([source.model_dump(mode="json"), device], sort_keys=True)
         if key not in self.cores:
-            self.cores[key] = Core.load(config.data, config.device)
+            self.cores[key] = Core.load(source, device)
         return self.cores[key]
 
     def trial_id(self, study: optuna.Study, trial: Trial) -> int:
@@ -337,7 +338,7 @@ class Worker:
         self.trials_run += 1
 
     def _objective(self, trial: Trial, config: Config, run: RunHandle) -> list[float]:
-        core = self.core(config)
+        core = self.core(config.data, config.device)
         prunable = len(self.sweep.objectives) == 1 and self.sweep.pruner.name != "none"
 
         def report(epoch: int, accuracy: float) -> None:
@@ -390,7 +391,7 @@ class Worker:
         with self.tracker.run(f"final-ipc{ipc}", tags=tags, parent=parent) as run:
             run.log_params(config.to_dict())
             run.log_config(config)
-            result = execute(self.core(config), config, self.tracker, run)
+            result = execute(self.core(config.data, config.device), config, self.tracker, run)
             run.log_metrics(result.metrics | headline_metrics(result.metrics))
         final = {f"final/{name}": value for name, value in result.metrics.items()}
         parent.log_metrics(final | headline_metrics(result.metrics))
