@@ -28,7 +28,7 @@ from mdd.config import load_config
 from mdd.core import Core
 from mdd.data.surrogate import read_surrogate
 from mdd.machine import hardware
-from mdd.pipeline import RunResult, run_with_core
+from mdd.pipeline.execute import RunResult, run_with_core
 from mdd.report import DIAGNOSTICS
 from mdd.tracking import Tracker
 

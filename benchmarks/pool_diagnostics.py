@@ -32,7 +32,7 @@ from mdd.data.surrogate import read_surrogate
 from mdd.errors import MddError
 from mdd.eval.diagnostics import diagnose, real_data
 from mdd.eval.judge import load_judge
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 
 SHOWN = (
     "intra_cosine_features",

@@ -58,8 +58,8 @@ from mdd.eval.judge import judge_identity
 from mdd.eval.protocols import protocol_for
 from mdd.grid import COLUMNS, DETERMINISTIC, PLUGINS
 from mdd.machine import hardware
-from mdd.pipeline import RunResult, run_with_core
-from mdd.plan import plan as stage_plan
+from mdd.pipeline.execute import RunResult, run_with_core
+from mdd.pipeline.plan import plan as stage_plan
 from mdd.report import DIAGNOSTICS, mean_std
 from mdd.results import read_result, set_path, write_result
 from mdd.stats import set_level
@@ -198,7 +198,7 @@ def cell_record(
         # Whether tracked files differed from that commit ("true"): the code that ran is
         # then the commit plus changes the file cannot name.
         "git_dirty": git["mdd.git_dirty"],
-        "config_hash": result_hash(config, core.data.fingerprint),
+        "config_hash": result_hash(config.to_dict(), core.data.fingerprint),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -453,7 +453,7 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, Any]]:
             drawn = config if set_index == 0 else with_set_seed(config, config.seed + set_index)
             measured = cell if set_index == 0 else Cell(cell.column, cell.ipc)
             path = set_path(results, cell.column, cell.ipc, set_index) if results else None
-            expected = result_hash(drawn, core.data.fingerprint)
+            expected = result_hash(drawn.to_dict(), core.data.fingerprint)
             label = f"{cell.column} at IPC {cell.ipc}" + (f", set {set_index}" if sets > 1 else "")
             if path is not None and args.resume and resume_from(path, expected, measured):
                 print(f"[{index}/{len(plan)}] {label}: {measured.note}")

@@ -1,6 +1,6 @@
 """The stage cache: content-addressed folders, their locks and their ``done.json``.
 
-A stage's folder is named by the hash of everything its result depends on (``mdd.plan``
+A stage's folder is named by the hash of everything its result depends on (``mdd.pipeline.plan``
 computes the keys), so a second run with the same settings finds the result instead of
 recomputing it. ``claim`` is the only writer of ``done.json``: a stage counts as cached
 once its computation finished without error, never half-way.

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mdd.config import Config, load_config
 from mdd.errors import ConfigError
@@ -135,9 +136,10 @@ def cell_config(
     return load_config(mode.experiment, [*settings, *overrides])
 
 
-def result_hash(config: Config, fingerprint: str) -> str:
-    """What a cell's numbers depend on: the config less where it ran, and the data's content."""
-    data = config.to_dict()
+def result_hash(settings: Mapping[str, Any], fingerprint: str) -> str:
+    """What a cell's numbers depend on: the config's values (``Config.to_dict``) less where it
+    ran, and the data's content."""
+    data = settings
     picked = {key: value for key, value in data.items() if key not in WHERE_KEYS}
     picked["data"] = {k: v for k, v in data["data"].items() if k not in WHERE_DATA_KEYS}
     if picked["sample"].get("seed") is None:  # files from before sample.seed keep their hash

@@ -118,14 +118,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     # Validate before importing torch and friends: a bad file fails in a blink.
     config = load_config(args.config, args.overrides)
-    from mdd.commands import run_experiment
+    from mdd.pipeline.experiment import run_experiment
 
     return run_experiment(config, config_path=args.config, dry_run=args.dry_run, phase=args.phase)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from mdd.commands import pretrain_only
     from mdd.config import load_config
+    from mdd.pipeline.standalone import pretrain_only
 
     config = load_config(args.config, args.overrides)
     pretrain_only(config, export=args.export)
@@ -133,8 +133,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from mdd.commands import judge_only
     from mdd.config import load_config
+    from mdd.pipeline.standalone import judge_only
 
     config = load_config(args.config, args.overrides)
     judge_only(config, export=args.export, config_path=args.config)
@@ -142,8 +142,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_consistency(args: argparse.Namespace) -> int:
-    from mdd.commands import measure_consistency
     from mdd.config import load_config
+    from mdd.pipeline.standalone import measure_consistency
 
     config = load_config(args.config, args.overrides)
     measure_consistency(config, per_class=args.per_class)

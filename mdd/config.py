@@ -357,8 +357,9 @@ class JudgeConfig(Section):
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """All a base model depends on (``mdd.plan.base_key``, ``mdd.stages.pretrain``) and how a
-    run prepares the loaded base for its fine-tune (``mdd.core``): DiffFit or every tensor."""
+    """All a base model depends on (``mdd.pipeline.plan.base_key``, ``mdd.stages.pretrain``)
+    and how a run prepares the loaded base for its fine-tune (``mdd.core``): DiffFit or every
+    tensor."""
 
     autoencoder: AutoencoderConfig
     model: ModelConfig
@@ -391,6 +392,18 @@ class SetOrigin:
     seed: int
     judge: JudgeSpec
     made_by: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the tracker records of a run's config (``mdd.tracking``, ``mdd.ui``): its hash,
+    method and composition as tags, its values as params, the YAML file that reproduces it."""
+
+    config_hash: str
+    method: str
+    composition: str
+    settings: Mapping[str, Any]
+    yaml: str
 
 
 class TrackingConfig(Section):
@@ -482,6 +495,12 @@ class Config(Section):
     def judge_spec(self) -> JudgeSpec:
         return JudgeSpec(
             self.data.dataset, self.judge, self.eval.protocol, self.sample.ipc, self.cache_dir
+        )
+
+    @property
+    def record(self) -> RunRecord:
+        return RunRecord(
+            self.section_hash(), self.method, self.composition, self.to_dict(), self.to_yaml()
         )
 
     def made_by(self) -> dict[str, Any]:

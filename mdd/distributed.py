@@ -4,7 +4,7 @@ collective operations the fine-tune and the sampling need.
 ``torchrun --nproc_per_node=N -m mdd.run CONFIG`` (or ``mdd-run CONFIG --nproc N``) starts N
 processes with ``RANK``/``WORLD_SIZE`` in their environment. Rank 0 leads: it runs the
 pipeline, holds every stage's cache claim and every MLflow run. The other ranks follow
-(``mdd.follow``): they load the same data and base, and join the stages that are split over
+(``mdd.pipeline.follow``): they load the same data and base, and join the stages that are split over
 the world, the fine-tune (each rank one shard of the global batch, gradients averaged as
 DDP does) and the sampling (each rank a shard of the classes).
 """
@@ -80,7 +80,7 @@ class World:
         return total / self.size
 
     def lead(self, task: str, *args: Any) -> None:
-        """Rank 0 tells the followers (``mdd.follow``) which split stage to join next."""
+        """Rank 0 tells the followers (``mdd.pipeline.follow``) which split stage to join next."""
         if self.split:
             self.broadcast((task, args))
 

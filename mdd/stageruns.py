@@ -1,6 +1,6 @@
 """Around each stage of a run: its cache claim (``mdd.cache``) and its nested MLflow run.
 
-``Stages.run(name)`` is what ``mdd.pipeline.execute`` wraps every stage call in: the stage's
+``Stages.run(name)`` is what ``mdd.pipeline.execute.execute`` wraps every stage call in: the stage's
 lock is held, a cached result is read back instead of recomputed, the stage's MLflow run
 carries its key, whether it was cached and its wall time, and a failure is recorded as a
 FAILED run before it reaches the command line as one message.

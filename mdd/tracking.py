@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from mdd.config import Config, TrackingConfig
+from mdd.config import RunRecord, TrackingConfig
 from mdd.errors import MddError, Pruned
 from mdd.ui import VIEW_TAG, experiment_tags
 
@@ -94,15 +94,15 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def provenance_tags(config: Config, data_fingerprint: str | None, device: str) -> dict[str, str]:
-    """The tags every mdd run carries (issue: foundation, tracking)."""
+def provenance_tags(record: RunRecord, data_fingerprint: str | None, device: str) -> dict[str, str]:
+    """The tags every mdd run carries: what ran (``Config.record``), on what data and where."""
     tags = {
-        "mdd.config_hash": config.section_hash(),
+        "mdd.config_hash": record.config_hash,
         "mdd.data_fingerprint": data_fingerprint or "none",
         "mdd.device": device,
         "mdd.host": platform.node(),
-        "mdd.method": config.method,
-        "mdd.composition": config.composition,
+        "mdd.method": record.method,
+        "mdd.composition": record.composition,
     }
     for package in ("torch", "diffusers", "mlflow", "optuna"):
         tags[f"mdd.version.{package}"] = _version(package)
@@ -176,11 +176,11 @@ class RunHandle:
     def log_text(self, text: str, file_name: str) -> None:
         self.tracker.client.log_text(self.run_id, redact(text), file_name)
 
-    def log_config(self, config: Config) -> None:
+    def log_config(self, record: RunRecord) -> None:
         """The resolved configuration, as the YAML file that reproduces this run, and the
         method's composition (``minimax+mode``, ...) as a param of its own."""
-        self.log_params({"composition": config.composition})
-        self.log_text(config.to_yaml(), "config.yaml")
+        self.log_params({"composition": record.composition})
+        self.log_text(record.yaml, "config.yaml")
 
 
 class Tracker:

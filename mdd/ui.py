@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mdd.config import Config
+    from mdd.config import RunRecord
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -35,9 +35,9 @@ HEADLINE_METRICS = ("acc_test", "acc_val", "acc_soft_test", "objective/0")
 _LAST_ACCURACY = re.compile(r"(soft/)?(test|val)/[^/]+/last_acc_mean")
 
 
-def headline_params(config: Config) -> dict[str, Any]:
+def headline_params(record: RunRecord) -> dict[str, Any]:
     """The config's values of the headline params (a sweep trial logs only what it searches)."""
-    values, data = {"composition": config.composition}, config.to_dict()
+    values, data = {"composition": record.composition}, record.settings
     for key in HEADLINE_PARAMS[1:]:
         value: Any = data
         for part in key.split("."):

@@ -21,7 +21,7 @@ from mdd.diffusion.autoencoder import (
     uint8_to_unit,
 )
 from mdd.errors import ConfigError, DataError
-from mdd.plan import base_key
+from mdd.pipeline.plan import base_key
 
 
 def tiny_vae(**overrides: object) -> AutoencoderKL:

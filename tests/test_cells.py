@@ -35,10 +35,13 @@ def test_a_committed_cell_hashes_as_its_column_and_overrides_configure_it_today(
     record = json.loads((RESULTS / folder / f"{column}-ipc10.json").read_text())
     weights = PUBLISHED_WEIGHTS if column == "minimax" else None
     config = cell_config(STANDARD, column, 10, weights, overrides)
-    assert result_hash(config, FINGERPRINT) == record["config_hash"]
+    assert result_hash(config.to_dict(), FINGERPRINT) == record["config_hash"]
     # The user's overrides come last and reach the config; another setting is another hash.
     other = cell_config(STANDARD, column, 10, weights, [*overrides, "eval.epochs=5"])
-    assert other.eval.epochs == 5 and result_hash(other, FINGERPRINT) != record["config_hash"]
+    assert (
+        other.eval.epochs == 5
+        and result_hash(other.to_dict(), FINGERPRINT) != record["config_hash"]
+    )
 
 
 def test_a_cell_takes_the_columns_weights_and_the_given_repeats() -> None:

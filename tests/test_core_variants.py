@@ -7,7 +7,7 @@ from mdd.cache import claim
 from mdd.config import Config
 from mdd.core import Core
 from mdd.diffusion.difffit import GAMMA_ATTN
-from mdd.plan import base_stage
+from mdd.pipeline.plan import base_stage
 
 
 def _silent(metrics: dict, step: int) -> None:

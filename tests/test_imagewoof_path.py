@@ -28,7 +28,7 @@ from mdd.diffusion.backbone import create_backbone
 from mdd.eval.judge import judge_cache_path, load_judge
 from mdd.eval.networks import ResNetAP
 from mdd.eval.protocols import IMAGENET_MEAN, IMAGENET_STD
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from mdd.stages.evaluate import RESULTS_FILE
 from mdd.stages.select import select_candidates, select_surrogate
 from tests.test_autoencoder import tiny_vae

@@ -22,7 +22,7 @@ from mdd.methods.influence import (
     rho,
     trajectory_path,
 )
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from mdd.stages.sample import round_major
 from tests.test_methods import _state
 from tests.test_pipeline import _fingerprint, run_cli, runs_by_name

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import mdd.eval.judge as judge_module
-from mdd.commands import judge_only
 from mdd.config import Config, load_config
 from mdd.data.load import load_dataset
 from mdd.eval.judge import judge_cache_path, judge_identity, load_judge, shipped_judge
+from mdd.pipeline.standalone import judge_only
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = Path("/usr/share/datasets/fashion-mnist")

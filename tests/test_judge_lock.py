@@ -3,6 +3,7 @@ and read what the first wrote (sweep workers started at once all need the judge)
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -10,11 +11,11 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from mdd.cache import file_lock, lock_path
-from mdd.commands import judge_only
+from mdd.cache import claim
 from mdd.config import Config
 from mdd.data.load import load_dataset
-from mdd.eval.judge import judge_cache_path
+from mdd.eval.judge import judge_cache_path, judge_stage
+from mdd.pipeline.standalone import judge_only
 
 # Loads the judge as a stage does and prints its first weight tensor's name and sum.
 LOAD_JUDGE = """
@@ -42,11 +43,13 @@ def test_a_process_that_misses_the_judge_while_another_trains_it_reads_its_weigh
 ) -> None:
     trained = judge_only(tiny_config)  # a judge's weights, to stand for the first trainer's
     weights = {name: tensor * 2 for name, tensor in load_file(str(trained)).items()}
-    cache = judge_cache_path(tiny_config.judge_spec, load_dataset(tiny_config.data).fingerprint)
-    cache.unlink()
+    fingerprint = load_dataset(tiny_config.data).fingerprint
+    stage = judge_stage(tiny_config.judge_spec, fingerprint)
+    cache = judge_cache_path(tiny_config.judge_spec, fingerprint)
+    shutil.rmtree(stage.folder)  # no judge yet
     config_file = tmp_path / "experiment.yaml"
     config_file.write_text(tiny_config.to_yaml())
-    with file_lock(lock_path(cache)):  # this process is "training" the judge
+    with claim(stage):  # this process is "training" the judge
         waiter = subprocess.Popen(
             [sys.executable, "-c", LOAD_JUDGE, str(config_file)],
             stdout=subprocess.PIPE,
@@ -58,6 +61,7 @@ def test_a_process_that_misses_the_judge_while_another_trains_it_reads_its_weigh
             assert waiter.poll() is None, "load_judge did not wait: " + waiter.stderr.read()
             assert time.monotonic() < deadline, "load_judge never queued on the judge's lock"
             time.sleep(0.05)
+        cache.parent.mkdir(parents=True)
         save_file(weights, str(cache))  # what the first trainer writes before it lets go
     out, err = waiter.communicate(timeout=300)
     assert waiter.returncode == 0, err

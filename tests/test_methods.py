@@ -28,7 +28,7 @@ from mdd.errors import ConfigError
 from mdd.methods import composition_overrides
 from mdd.methods.mode import ModeGuidance, class_modes, kmeans, mode_targets
 from mdd.methods.selection import SELECTIONS, Pool
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from tests.test_pipeline import _fingerprint, run_cli, runs_by_name
 from tests.test_sampling import LATENT_SHAPE, _tiny_dit
 

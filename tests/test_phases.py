@@ -10,15 +10,15 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mdd.commands import run_experiment
 from mdd.config import Config, ConfigError, build_config
 from mdd.core import Core
 from mdd.data import load_dataset
 from mdd.data.surrogate import read_surrogate
 from mdd.errors import MddError
 from mdd.phases import Phase
-from mdd.pipeline import run_with_core
-from mdd.plan import plan
+from mdd.pipeline.execute import run_with_core
+from mdd.pipeline.experiment import run_experiment
+from mdd.pipeline.plan import plan
 from mdd.tracking import Tracker
 
 
@@ -59,16 +59,19 @@ def test_a_phased_plan_has_each_phase_stages_with_keys_of_its_own_then_the_merge
     phased = tiny_config.model_copy(deep=True)
     phased.data.phases = 2
     stages = plan(phased, fingerprint)
-    assert [s.name for s in whole] == ["pretrain", "finetune", "sample", "diagnose", "evaluate"]
+    assert [s.name for s in whole] == [
+        *("pretrain", "judge", "finetune", "sample", "diagnose", "evaluate")
+    ]
     assert [s.name for s in stages] == [
-        "pretrain",
+        *("pretrain", "judge"),
         *("finetune-phase0", "sample-phase0", "finetune-phase1", "sample-phase1"),
         *("sample", "diagnose", "evaluate"),
     ]
     keys = [s.key for s in stages]
     assert len(set(keys)) == len(keys)
     assert stages[0].key == whole[0].key  # the phases fine-tune one base
-    assert not {s.key for s in stages[1:]} & {s.key for s in whole[1:]}
+    assert stages[1].key == whole[1].key  # and look through one judge
+    assert not {s.key for s in stages[2:]} & {s.key for s in whole[2:]}
 
 
 def test_untuned_phases_merge_into_the_very_set_one_phase_samples(tiny_config: Config) -> None:

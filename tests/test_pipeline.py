@@ -13,8 +13,8 @@ from mdd.core import Core
 from mdd.data.fingerprint import dataset_fingerprint
 from mdd.data.folders import subset_wnids
 from mdd.data.surrogate import read_surrogate
-from mdd.pipeline import run_with_core
-from mdd.plan import base_key, plan
+from mdd.pipeline.execute import run_with_core
+from mdd.pipeline.plan import base_key, plan
 from mdd.stages import finetune as finetune_stage
 from mdd.tracking import Tracker
 

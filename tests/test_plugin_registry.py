@@ -12,7 +12,7 @@ from mdd.data.surrogate import read_surrogate
 from mdd.errors import ConfigError
 from mdd.methods import GUIDANCES, composition_overrides
 from mdd.methods.selection import SELECTIONS, Pool, selection
-from mdd.pipeline import run_with_core
+from mdd.pipeline.execute import run_with_core
 from mdd.tracking import Tracker
 from tests.conftest import tiny_config_data
 

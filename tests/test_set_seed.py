@@ -8,7 +8,7 @@ import torch
 from mdd.config import Config, build_config
 from mdd.data import load_dataset
 from mdd.data.surrogate import read_surrogate
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from mdd.stages.select import select_surrogate
 from tests.conftest import tiny_config_data
 

@@ -51,6 +51,7 @@ def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
     assert statuses == {
         "tiny": "KILLED",
         "pretrain": "FINISHED",
+        "judge": "FINISHED",
         "finetune": "FINISHED",
         "sample": "FINISHED",
         "diagnose": "FINISHED",

@@ -39,7 +39,7 @@ CASES = {
 def stage_keys() -> dict[str, list[list[str]]]:
     """Each case's planned stages as [name, key], in the plan's order."""
     from mdd.config import load_config
-    from mdd.plan import plan
+    from mdd.pipeline.plan import plan
 
     keys = {}
     for case, (experiment, overrides) in CASES.items():

@@ -18,7 +18,7 @@ from mdd.core import Core
 from mdd.errors import ConfigError
 from mdd.eval.networks import create_network
 from mdd.eval.teacher import load_teacher
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from mdd.report import collect_rows, finished_runs
 from mdd.stages.evaluate import RESULTS_FILE
 from tests.conftest import tiny_config_data

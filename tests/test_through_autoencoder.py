@@ -11,8 +11,8 @@ from mdd.core import Core
 from mdd.data.surrogate import read_surrogate
 from mdd.diffusion.base import load_base
 from mdd.errors import ConfigError
-from mdd.pipeline import run_with_core
-from mdd.plan import plan
+from mdd.pipeline.execute import run_with_core
+from mdd.pipeline.plan import plan
 from mdd.tracking import Tracker
 from tests.conftest import tiny_config_data
 

@@ -17,7 +17,7 @@ from mdd.config import Config
 from mdd.data import load_dataset
 from mdd.data.surrogate import read_surrogate
 from mdd.distributed import World
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

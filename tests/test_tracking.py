@@ -36,10 +36,10 @@ def test_environment_wins_over_config(store: TrackingConfig, monkeypatch) -> Non
 def test_run_is_written_with_tags_params_and_config(store: TrackingConfig, tmp_path: Path) -> None:
     config = Config(tracking=store)
     tracker = Tracker(store)
-    tags = provenance_tags(config, "abc123", "cpu")
+    tags = provenance_tags(config.record, "abc123", "cpu")
     with tracker.run("demo", tags=tags) as parent:
         parent.log_params(config.to_dict())
-        parent.log_config(config)
+        parent.log_config(config.record)
         parent.log_metrics({"acc": 0.5}, step=3)
         with tracker.run("stage", parent=parent) as child:
             child.log_metrics({"loss": 1.0})

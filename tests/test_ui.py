@@ -80,7 +80,7 @@ def test_an_experiment_is_tagged_model_training_with_the_view_also_when_made_els
 
 def test_headline_params_are_the_configs_method_ipc_and_minimax_settings() -> None:
     config = load_config("experiments/fashion_mnist.yaml", ["finetune.lambda_d=0.5"])
-    assert headline_params(config) == {
+    assert headline_params(config.record) == {
         "composition": "minimax",
         "method": "minimax",
         "sample.ipc": 10,

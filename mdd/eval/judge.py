@@ -8,11 +8,17 @@ Fashion-MNIST's judge is the ConvNet-3 of METHOD.md; an ImageNet subset's is a
 ResNetAP-10, whose pooled 512-d features keep distances and covariances tractable at
 224 px (a ConvNet-3 there has 100,352 features per image).
 
+The judge is a stage (``judge_stage``): one folder per judge in the cache, named by every
+setting its weights depend on (the data fingerprint included), claimed under its lock, so
+sweep workers that miss it together train it once, and planned before the stages that look
+through it (selection, diagnostics) so a run times and records it apart from them. Every
+user (selection, diagnostics, class consistency, ``mdd judge``) gets it from ``load_judge``.
+
 The Fashion-MNIST judge of the default split is shipped in ``mdd/assets/fashion_mnist_judge``
 (``mdd judge experiments/fashion_mnist.yaml --export mdd/assets/fashion_mnist_judge``
-reproduces it), so a fresh clone does not spend the judge's training time: on a cache miss
-the judge is read from the shipped file of the cache file's name, which holds every setting
-the weights depend on (the data fingerprint included).
+reproduces it), so a fresh clone does not spend the judge's training time: where the
+shipped file of the weights' name exists, the stage trains nothing and the judge is read
+from it.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mdd.cache import computed_once, save_tensors_atomically
+from mdd.cache import Stage, claim, save_tensors_atomically
 from mdd.config import JudgeSpec
 from mdd.data import DatasetSplits
 from mdd.data.load import resize_images
 from mdd.data.splits import per_class_index
+from mdd.errors import MddError
 from mdd.eval.networks import create_network
 from mdd.eval.protocols import NORMALISATION, Protocol, evaluation_image_size, resolve_protocol
 from mdd.eval.train import class_probabilities, extract_features, predict, train_network
@@ -82,14 +89,25 @@ class Judge:
         return extract_features(self.network, self._sized(images), self.protocol, self.device)
 
 
-def judge_cache_path(spec: JudgeSpec, fingerprint: str) -> Path:
+def judge_name(spec: JudgeSpec, fingerprint: str) -> str:
+    """Every setting the judge's weights depend on, as a name: its stage key and file name."""
     protocol = judge_protocol(spec)
     network = JUDGE_NETWORKS[spec.dataset]
     size = protocol.image_size or "native"
     judge = spec.settings
     per_class = f"-{judge.per_class}pc" if judge.per_class else ""
-    name = f"{fingerprint}-{network}-{size}-{judge.epochs}ep{per_class}-seed{JUDGE_SEED}"
-    return spec.cache_dir / "judge" / f"{name}.safetensors"
+    return f"{fingerprint}-{network}-{size}-{judge.epochs}ep{per_class}-seed{JUDGE_SEED}"
+
+
+def judge_stage(spec: JudgeSpec, fingerprint: str) -> Stage:
+    name = judge_name(spec, fingerprint)
+    return Stage("judge", name, spec.cache_dir / "judge" / name)
+
+
+def judge_cache_path(spec: JudgeSpec, fingerprint: str) -> Path:
+    """Where the judge's stage keeps the weights it trained (none when it read shipped ones)."""
+    stage = judge_stage(spec, fingerprint)
+    return stage.folder / f"{stage.key}.safetensors"
 
 
 def shipped_judge(spec: JudgeSpec, fingerprint: str) -> Path | None:
@@ -98,14 +116,21 @@ def shipped_judge(spec: JudgeSpec, fingerprint: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def judge_weights(spec: JudgeSpec, fingerprint: str) -> Path | None:
+    """The weights the judge of ``spec`` is read from: those its stage trained, else the
+    shipped ones of its settings; None before either exists."""
+    cache = judge_cache_path(spec, fingerprint)
+    return cache if cache.is_file() else shipped_judge(spec, fingerprint)
+
+
 def judge_identity(spec: JudgeSpec, fingerprint: str) -> dict[str, str] | None:
     """Which weights ``load_judge`` reads for ``spec`` (the cache before the shipped
     file) and a hash of their bytes, so a result file says which judge scored it (one
     trained on another machine has other weights); None before any judge exists."""
-    cache = judge_cache_path(spec, fingerprint)
-    weights = cache if cache.is_file() else shipped_judge(spec, fingerprint)
+    weights = judge_weights(spec, fingerprint)
     if weights is None:
         return None
+    cache = judge_cache_path(spec, fingerprint)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     return {
         "file": weights.name,
@@ -115,27 +140,33 @@ def judge_identity(spec: JudgeSpec, fingerprint: str) -> dict[str, str] | None:
 
 
 def load_judge(data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> Judge:
-    """The judge of ``spec``: read from the cache, else from the shipped
-    judge of the same settings, else trained once (under its lock: sweep workers that miss
-    the cache together train it once) and cached."""
-    cache = judge_cache_path(spec, data.fingerprint)
-    shipped = None if cache.is_file() else shipped_judge(spec, data.fingerprint)
-    if shipped is not None:
-        return _read_judge(shipped, data, spec, device)
-
-    def compute() -> Judge:
-        network = _train_judge(data, spec, device)
-        save_tensors_atomically(network.state_dict(), cache)
-        return Judge(network.eval(), judge_protocol(spec), device)
-
-    return computed_once(cache, lambda: _read_judge(cache, data, spec, device), compute)
+    """The judge of ``spec``, its stage computed first when it is not done yet."""
+    with claim(judge_stage(spec, data.fingerprint)) as held:
+        held.get(lambda folder: make_judge(data, spec, device), lambda folder: None)
+    return read_judge(data, spec, device)
 
 
-def _read_judge(weights: Path, data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> Judge:
-    protocol = judge_protocol(spec)
+def make_judge(data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> None:
+    """The judge stage's work, under its claim: train the judge and keep its weights, unless
+    the shipped judge of these settings stands for it."""
+    if shipped_judge(spec, data.fingerprint) is not None:
+        return
+    network = _train_judge(data, spec, device)
+    save_tensors_atomically(network.state_dict(), judge_cache_path(spec, data.fingerprint))
+
+
+def read_judge(data: DatasetSplits, spec: JudgeSpec, device: torch.device) -> Judge:
+    """The judge its stage made: the weights it trained, else the shipped ones."""
+    weights = judge_weights(spec, data.fingerprint)
+    if weights is None:
+        stage = judge_stage(spec, data.fingerprint)
+        raise MddError(
+            f"the judge's stage {stage.folder} is marked done but holds no weights and no "
+            "shipped judge has its settings. Hint: delete that folder to train it again."
+        )
     network = judge_network(data, spec).to(device)
     network.load_state_dict(load_file(str(weights)))
-    return Judge(network.eval(), protocol, device)
+    return Judge(network.eval(), judge_protocol(spec), device)
 
 
 def judge_network(data: DatasetSplits, spec: JudgeSpec) -> torch.nn.Module:

@@ -46,18 +46,28 @@ SELECTIONS: dict[str, Rule] = {}
 # Rules that keep the whole pool whatever the IPC: a real-image method, not a selection of
 # candidates (the set would be ``oversample`` x IPC).
 WHOLE_POOL = ("full",)
+# Rules that never look through the judge: a run of them plans no judge stage.
+UNJUDGED: set[str] = set()
 
 
-def selection(name: str) -> Callable[[Rule], Rule]:
-    """Register ``rule`` under ``name`` (a ``selection.kind``)."""
+def selection(name: str, judged: bool = True) -> Callable[[Rule], Rule]:
+    """Register ``rule`` under ``name`` (a ``selection.kind``); ``judged=False`` says it
+    reads neither the pool's features nor its probabilities."""
 
     def register(rule: Rule) -> Rule:
         if name in SELECTIONS:
             raise ValueError(f"selection {name!r} is registered twice")
         SELECTIONS[name] = rule
+        if not judged:
+            UNJUDGED.add(name)
         return rule
 
     return register
+
+
+def looks_through_the_judge(name: str) -> bool:
+    """Whether the rule ``name`` reads the pool's features or probabilities."""
+    return name not in UNJUDGED
 
 
 def candidate_selections() -> list[str]:
@@ -65,7 +75,7 @@ def candidate_selections() -> list[str]:
     return [name for name in SELECTIONS if name not in WHOLE_POOL]
 
 
-@selection("random")
+@selection("random", judged=False)
 def _random(pool: Pool, ipc: int) -> torch.Tensor:
     return select_random(pool.labels, ipc, pool.seed)
 
@@ -94,6 +104,6 @@ def _confidence(pool: Pool, ipc: int) -> torch.Tensor:
     return select_confident(pool.probabilities(), pool.labels, ipc)
 
 
-@selection("full")
+@selection("full", judged=False)
 def _full(pool: Pool, ipc: int) -> torch.Tensor:
     return torch.arange(len(pool.labels))

@@ -1,7 +1,7 @@
 """``mdd-sweep``: an Optuna study over a single run's settings; the only module using Optuna.
 
 A trial is ``mdd-run`` with overrides: the worker turns the trial's suggestions
-into a config and calls ``mdd.pipeline.execute`` under a nested MLflow run. What is
+into a config and calls ``mdd.pipeline.execute.execute`` under a nested MLflow run. What is
 expensive is shared: each worker process loads the dataset and base model once
 (``Core``), and the content-addressed stage cache lets every trial with equal
 fine-tuning settings reuse one fine-tuned model.
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,11 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mdd.cache import file_lock
-from mdd.config import Config, DataConfig
+from mdd.config import DataConfig
 from mdd.core import Core
 from mdd.errors import ConfigError, MddError, Pruned
-from mdd.pipeline import execute
+from mdd.pipeline.execute import execute
+from mdd.stageruns import RunResult
 from mdd.sweep.config import (
     ParamSpec,
     SweepConfig,
@@ -278,7 +279,7 @@ class Worker:
         if run_id:
             return self.tracker.handle(run_id)
         config = trial_config(self.base, self.sweep, {}, ipc)
-        tags = provenance_tags(config, None, config.device)
+        tags = provenance_tags(config.record, None, config.device)
         tags |= {"mdd.sweep": self.sweep.name, "mdd.study": study.study_name, "mdd.ipc": ipc}
         tags["mdd.optuna_storage"] = redact(self.url)
         parent = self.tracker.start(study.study_name, tags=tags)
@@ -319,9 +320,11 @@ class Worker:
                     space = self.sweep.space.items()
                     params = {key: suggest(trial, key, spec) for key, spec in space}
                     config = trial_config(self.base, self.sweep, params, ipc)
-                    run.log_params({**headline_params(config), **params, "sample.ipc": ipc})
-                    run.log_config(config)
-                    values = self._objective(trial, config, run)
+                    run.log_params({**headline_params(config.record), **params, "sample.ipc": ipc})
+                    run.log_config(config.record)
+                    core = self.core(config.data, config.device)
+                    result = execute(core, config, self.tracker, run, self._reporter(trial))
+                    values = self._objective(trial, core, result, run)
                     run.set_tags({"mdd.trial_state": "complete"})
             except Pruned as exc:
                 state, reason = TrialState.PRUNED, str(exc)
@@ -337,8 +340,8 @@ class Worker:
                 study.tell(trial, values, state=state)
         self.trials_run += 1
 
-    def _objective(self, trial: Trial, config: Config, run: RunHandle) -> list[float]:
-        core = self.core(config.data, config.device)
+    def _reporter(self, trial: Trial) -> Callable[[int, float], None]:
+        """What hears the trial's evaluation accuracies: the pruner, with one objective."""
         prunable = len(self.sweep.objectives) == 1 and self.sweep.pruner.name != "none"
 
         def report(epoch: int, accuracy: float) -> None:
@@ -348,7 +351,12 @@ class Worker:
             if trial.should_prune():
                 raise Pruned(f"pruned at epoch {epoch} (validation accuracy {accuracy:.2f} %)")
 
-        result = execute(core, config, self.tracker, run, report=report)
+        return report
+
+    def _objective(
+        self, trial: Trial, core: Core, result: RunResult, run: RunHandle
+    ) -> list[float]:
+        """The trial's objective values from its run's metrics, logged with the core's counts."""
         finetune_cached = bool(result.stages.get("finetune", {}).get("cached"))
         self.finetunes_reused += finetune_cached
         trial.set_user_attr("finetune_cached", finetune_cached)
@@ -386,11 +394,11 @@ class Worker:
     def _final_rerun(self, best: FrozenTrial, ipc: int, parent: RunHandle) -> None:
         params = {key: best.params[key] for key in self.sweep.space if key in best.params}
         config = final_config(self.base, self.sweep, params, ipc)
-        tags = provenance_tags(config, None, config.device)
+        tags = provenance_tags(config.record, None, config.device)
         tags |= {"mdd.sweep": self.sweep.name, "mdd.final": "true", "mdd.best_trial": best.number}
         with self.tracker.run(f"final-ipc{ipc}", tags=tags, parent=parent) as run:
             run.log_params(config.to_dict())
-            run.log_config(config)
+            run.log_config(config.record)
             result = execute(self.core(config.data, config.device), config, self.tracker, run)
             run.log_metrics(result.metrics | headline_metrics(result.metrics))
         final = {f"final/{name}": value for name, value in result.metrics.items()}

@@ -13,7 +13,8 @@ from typing import Any
 from mdd.cache import Stage, digest, file_identity, folder_identity
 from mdd.config import AutoencoderConfig, BaseRecipe, Config, EvalConfig
 from mdd.errors import MddError
-from mdd.eval.judge import judge_cache_path
+from mdd.eval.judge import judge_name, judge_stage
+from mdd.methods.selection import looks_through_the_judge
 from mdd.phases import class_phases
 
 
@@ -56,9 +57,14 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     """The stages this config runs, in order, each with the key of everything it depends on."""
     root = config.cache_dir
     stages: list[Stage] = []
+    judge = judge_stage(config.judge_spec, fingerprint) if needs_judge(config) else None
+    # The keys below hold the judge's weights' file name, as before the judge was a stage.
+    judge_file = judge_name(config.judge_spec, fingerprint) + ".safetensors"
     if config.generative:
         base = base_stage(config.base_recipe, fingerprint)
         stages.append(base)
+        if judge is not None:  # trained (or read) once, before anything looks through it
+            stages.append(judge)
         # exclude_none: settings added later with a None default keep earlier keys valid.
         # through_autoencoder is for real selections only (always False here).
         sampling = config.sample.model_dump(
@@ -84,8 +90,7 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
             made = digest(*parts, "merge")
             stages.append(Stage("sample", made, root / "surrogate" / made))
         if config.selection is not None:
-            judge = judge_cache_path(config.judge_spec, fingerprint).name
-            made = digest(made, config.selection.kind, judge, "select")
+            made = digest(made, config.selection.kind, judge_file, "select")
             stages.append(Stage("select", made, root / "surrogate" / made))
     else:
         # `full` takes the whole training split whatever the IPC: one selection serves all.
@@ -96,16 +101,29 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
             base = base_stage(config.base_recipe, fingerprint)
             stages.append(base)
             decoded = ({"through_autoencoder": base.key},)
+        if judge is not None:
+            stages.append(judge)
         made = digest(fingerprint, config.method, ipc, config.seed, *drawn, *decoded)
         stages.append(Stage("select", made, root / "surrogate" / made))
     if config.judge.diagnostics:
         # Its own stage, so the distillation time (DISTILL_STAGES) leaves it out.
         # The judge's file name holds all that makes it (network, resolution, epochs, ...).
-        measured = digest(made, judge_cache_path(config.judge_spec, fingerprint).name, "diagnose")
+        measured = digest(made, judge_file, "diagnose")
         stages.append(Stage("diagnose", measured, root / "diagnostics" / measured))
     judged = digest(made, *evaluation_settings(config.eval), config.seed)
     stages.append(Stage("evaluate", judged, root / "eval" / judged))
     return stages
+
+
+def needs_judge(config: Config) -> bool:
+    """Whether the run looks through the judge: its diagnostics, a selection among
+    candidates or of real images by any rule but the unjudged ones (``random``, ``full``)."""
+    if config.judge.diagnostics:
+        return True
+    rule = config.selection.kind if config.selection is not None else None
+    if not config.generative:
+        rule = config.method
+    return rule is not None and looks_through_the_judge(rule)
 
 
 def evaluation_settings(evaluation: EvalConfig) -> tuple[Any, ...]:

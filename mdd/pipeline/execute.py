@@ -14,8 +14,9 @@ from pathlib import Path
 
 from mdd.config import Config
 from mdd.core import Core, LoadedBase
+from mdd.eval.judge import make_judge
 from mdd.phases import Phase, class_phases, merge_phases
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from mdd.runtime import seed_everything
 from mdd.stageruns import RunResult, Stages
 from mdd.stages.diagnose import diagnose_surrogate, read_diagnostics
@@ -53,6 +54,7 @@ def execute(
     if config.generative:
         with stages.run("pretrain") as step:
             base = core.base(step.claim, config.base_recipe, step.log)
+        _judge(stages, core, config)
         parts = [
             _tune_and_sample(stages, core, config, base, phase)
             for phase in class_phases(config.data.phases)
@@ -93,6 +95,7 @@ def execute(
         if config.sample.through_autoencoder:
             with stages.run("pretrain") as step:
                 decoded = core.base(step.claim, config.base_recipe, step.log)
+        _judge(stages, core, config)
         with stages.run("select") as step:
             surrogate = step.get(
                 lambda folder: select_surrogate(
@@ -129,6 +132,14 @@ def execute(
             for path in sorted(step.folder.glob("*.png")) + [step.folder / RESULTS_FILE]:
                 step.run.log_artifact(path)
     return _finish(stages.result)
+
+
+def _judge(stages: Stages, core: Core, config: Config) -> None:
+    """The judge, trained (or found shipped) before the stages that look through it read it."""
+    if stages.wants("judge"):
+        with stages.run("judge") as step:
+            step.get(lambda folder: make_judge(core.data, config.judge_spec, core.device),
+                     lambda folder: None)  # fmt: skip
 
 
 def _tune_and_sample(
@@ -194,13 +205,13 @@ def run_with_core(
     with one core, so the dataset and the base model are loaded once. ``tags`` are added to
     the provenance tags.
     """
-    tags = provenance_tags(config, core.data.fingerprint, str(core.device)) | tags
+    tags = provenance_tags(config.record, core.data.fingerprint, str(core.device)) | tags
     tags["mdd.world_size"] = str(core.world.size)
     if only_phase is not None:
         tags["mdd.phase"] = str(only_phase)
     with tracker.run(config.name, tags=tags) as parent:
         parent.log_params(config.to_dict())
-        parent.log_config(config)
+        parent.log_config(config.record)
         result = execute(core, config, tracker, parent, until=until, only_phase=only_phase)
         parent.log_metrics(result.metrics | headline_metrics(result.metrics))
     return result

@@ -1,6 +1,6 @@
 """The ranks after 0 of a torchrun run: they join the stages rank 0 splits, nothing else.
 
-Rank 0 runs ``mdd.pipeline.execute`` as a run on its own does and, at a split stage it has
+Rank 0 runs ``mdd.pipeline.execute.execute`` as a run on its own does and, at a split stage it has
 to compute, names it (``World.lead``). A follower then does its part of that stage with
 what rank 0 has already made: the base (its stage is done before a fine-tune starts), the
 fine-tuned weights (read from the stage's folder before sampling). Claims, MLflow runs and
@@ -16,7 +16,7 @@ from mdd.cache import Claim
 from mdd.config import Config
 from mdd.core import Core, LoadedBase
 from mdd.errors import MddError
-from mdd.plan import plan
+from mdd.pipeline.plan import plan
 from mdd.runtime import seed_everything
 from mdd.stages.finetune import finetune, read_finetuned
 from mdd.stages.sample import sample_surrogate
