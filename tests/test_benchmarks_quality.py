@@ -125,12 +125,13 @@ def test_table_cells_are_the_recorded_metrics_of_each_cell(quick_run):
         assert (cell["repeats"], cell["eval_epochs"]) == (1, 2)  # --quick: 1 network, 2 epochs
         text = f"{cell['last_acc_mean']:.2f} ± {cell['last_acc_std']:.2f}"
         assert table[str(cell["ipc"])][cell["column"]].startswith(text)
-    # One fine-tuning per weight setting serves both IPCs: IPC is not part of its key.
+    # One fine-tuning per weight setting serves both IPCs: IPC is not part of its key (nor the
+    # judge's, which the first cell trained).
     at_ipc2 = {cell["column"]: cell for cell in cells if cell["ipc"] == 2}
     for column in ("dit", "minimax", "minimax-swept"):
-        assert at_ipc2[column]["cached_stages"] == ["pretrain", "finetune"]
+        assert at_ipc2[column]["cached_stages"] == ["pretrain", "judge", "finetune"]
     # A plug-in on a fine-tune reuses that fine-tune: dit+mode comes after dit.
-    assert at_ipc2["dit+mode"]["cached_stages"] == ["pretrain", "finetune"]
+    assert at_ipc2["dit+mode"]["cached_stages"] == ["pretrain", "judge", "finetune"]
 
 
 def test_swept_cell_takes_the_weights_of_the_studys_best_trial(quick_run):

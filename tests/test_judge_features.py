@@ -1,4 +1,5 @@
-"""The judge's features of the training split are computed once and read back after."""
+"""The judge's features of the training split are computed once, kept in the judge's stage
+folder, and read back after."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_the_training_splits_features_are_cached_beside_the_judge(tiny_config: C
     computed = train_features(lambda: judge, data, tiny_config.judge_spec)
     assert torch.equal(computed, judge.features(data.train.images))
     assert computed.shape[0] == len(data.train)
-    (cached,) = (tiny_config.cache_dir / "judge").glob("*-features.safetensors")
+    (cached,) = (tiny_config.cache_dir / "judge").glob("*/*-features.safetensors")
     # A second call (a later selection, another sweep trial) reads the file, neither the
     # images nor the judge's weights: replaced contents come back, the judge is not asked for.
     marked = computed + 7.0
