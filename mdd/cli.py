@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+REDELIVER_AFTER_S = 0.05  # a swallowed SIGTERM is sent again this much later
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM (``kill``, ``docker stop``, a scheduler's time limit) unwind like Ctrl-C.
 
@@ -45,9 +49,32 @@ def stop_on_sigterm() -> None:
     """
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+        raise StoppedBySignal(signum)
 
+    # Python swallows an exception raised inside a weakref or __del__ callback (torch.compile
+    # runs many), so a signal landing there would be lost: send it again from a thread a
+    # moment later (from here it would be raised inside this hook and swallowed too).
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, StoppedBySignal):
+            again = (os.getpid(), unraisable.exc_value.signum)
+            timer = threading.Timer(REDELIVER_AFTER_S, os.kill, again)
+            timer.daemon = True
+            timer.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = redeliver
     signal.signal(signal.SIGTERM, interrupt)
+
+
+class StoppedBySignal(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def _guarded(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -62,3 +62,36 @@ def test_sigterm_closes_the_open_runs_as_killed_and_keeps_the_finished_stages(
     # Written to a file, progress is whole lines (mdd/progress.py), not redrawn bars.
     assert "\r" not in text
     assert re.search(r"^fine-tune: (\d+)/\1 \(100 %\)", text, re.MULTILINE), text
+
+
+# SIGTERM sent from inside a weakref callback: its handler raises there, where Python
+# swallows exceptions ("Exception ignored in ..."), as it can inside torch.compile's caches.
+SIGNAL_IN_A_CALLBACK = """
+import os, signal, sys, time, weakref
+from mdd.cli import stop_on_sigterm
+stop_on_sigterm()
+class Thing: pass
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000): pass  # the handler runs here, inside the callback
+thing = Thing()
+held = weakref.ref(thing, callback)
+try:
+    del thing
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("not stopped")
+    sys.exit(1)
+except KeyboardInterrupt as exc:
+    print(exc)
+    sys.exit(130)
+"""
+
+
+def test_a_sigterm_swallowed_inside_a_callback_is_delivered_again_and_stops_the_run() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_A_CALLBACK], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "stopped by signal SIGTERM" in done.stdout
