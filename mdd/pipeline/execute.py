@@ -205,13 +205,14 @@ def run_with_core(
     with one core, so the dataset and the base model are loaded once. ``tags`` are added to
     the provenance tags.
     """
-    tags = provenance_tags(config.record, core.data.fingerprint, str(core.device)) | tags
+    record = config.record
+    tags = provenance_tags(record, core.data.fingerprint, str(core.device)) | tags
     tags["mdd.world_size"] = str(core.world.size)
     if only_phase is not None:
         tags["mdd.phase"] = str(only_phase)
     with tracker.run(config.name, tags=tags) as parent:
         parent.log_params(config.to_dict())
-        parent.log_config(config.record)
+        parent.log_config(record)
         result = execute(core, config, tracker, parent, until=until, only_phase=only_phase)
         parent.log_metrics(result.metrics | headline_metrics(result.metrics))
     return result

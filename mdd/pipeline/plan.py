@@ -13,7 +13,7 @@ from typing import Any
 from mdd.cache import Stage, digest, file_identity, folder_identity
 from mdd.config import AutoencoderConfig, BaseRecipe, Config, EvalConfig
 from mdd.errors import MddError
-from mdd.eval.judge import judge_name, judge_stage
+from mdd.eval.judge import judge_cache_path, judge_stage
 from mdd.methods.selection import looks_through_the_judge
 from mdd.phases import class_phases
 
@@ -59,7 +59,7 @@ def plan(config: Config, fingerprint: str) -> list[Stage]:
     stages: list[Stage] = []
     judge = judge_stage(config.judge_spec, fingerprint) if needs_judge(config) else None
     # The keys below hold the judge's weights' file name, as before the judge was a stage.
-    judge_file = judge_name(config.judge_spec, fingerprint) + ".safetensors"
+    judge_file = judge_cache_path(config.judge_spec, fingerprint).name
     if config.generative:
         base = base_stage(config.base_recipe, fingerprint)
         stages.append(base)

@@ -35,12 +35,13 @@ def pretrain_only(config: Config, export: str | None = None) -> Path:
     core = Core.load(config.data, config.device)
     stage = base_stage(config.base_recipe, core.data.fingerprint)
     tracker = Tracker(config.tracking)
-    tags = provenance_tags(config.record, core.data.fingerprint, str(core.device))
+    record = config.record
+    tags = provenance_tags(record, core.data.fingerprint, str(core.device))
     tags |= {"mdd.stage": "pretrain", "mdd.base_key": stage.key, "mdd.cached": stage.cached}
     with tracker.run(f"{config.name}-pretrain", tags=tags) as run:
         run.log_params({k: config.to_dict()[k] for k in ("data", "autoencoder", "model")})
         run.log_params({"pretrain": config.pretrain.model_dump(mode="json"), "seed": config.seed})
-        run.log_config(config.record)
+        run.log_config(record)
         started = time.perf_counter()
         with claim(stage) as step:
             base = core.base(step, config.base_recipe, run.log_series).model

@@ -320,8 +320,9 @@ class Worker:
                     space = self.sweep.space.items()
                     params = {key: suggest(trial, key, spec) for key, spec in space}
                     config = trial_config(self.base, self.sweep, params, ipc)
-                    run.log_params({**headline_params(config.record), **params, "sample.ipc": ipc})
-                    run.log_config(config.record)
+                    record = config.record
+                    run.log_params({**headline_params(record), **params, "sample.ipc": ipc})
+                    run.log_config(record)
                     core = self.core(config.data, config.device)
                     result = execute(core, config, self.tracker, run, self._reporter(trial))
                     values = self._objective(trial, core, result, run)
