@@ -19,6 +19,9 @@ SHIPPED = Path("mdd/assets/fashion_mnist_base")
 # The same recipe on an autoencoder trained 10 epochs instead of 3 (README: the base on the
 # 10-epoch autoencoder); runs name it with --set pretrain.checkpoint=...
 SHIPPED_AE10 = Path("mdd/assets/fashion_mnist_base_ae10")
+# That recipe with the DiT pretrained 20 epochs instead of 10 (README: the base pretrained
+# 20 DiT epochs).
+SHIPPED_DIT20 = Path("mdd/assets/fashion_mnist_base_dit20")
 
 
 def test_demo_experiment_points_at_the_shipped_base() -> None:
@@ -27,11 +30,17 @@ def test_demo_experiment_points_at_the_shipped_base() -> None:
     assert (SHIPPED / "base.json").is_file()
 
 
-@pytest.mark.parametrize(("folder", "autoencoder_epochs"), [(SHIPPED, 3), (SHIPPED_AE10, 10)])
-def test_shipped_base_loads_and_samples_every_class(folder: Path, autoencoder_epochs: int) -> None:
+@pytest.mark.parametrize(
+    ("folder", "autoencoder_epochs", "dit_epochs"),
+    [(SHIPPED, 3, 10), (SHIPPED_AE10, 10, 10), (SHIPPED_DIT20, 10, 20)],
+)
+def test_shipped_base_loads_and_samples_every_class(
+    folder: Path, autoencoder_epochs: int, dit_epochs: int
+) -> None:
     base = load_base(folder, torch.device("cpu"))
     manifest = json.loads((folder / "base.json").read_text())
     assert manifest["autoencoder"]["epochs"] == autoencoder_epochs
+    assert manifest["pretrain"]["epochs"] == dit_epochs
     assert manifest["class_names"] == list(CLASS_NAMES)
     assert base.latent_shape == (4, 7, 7)
     assert base.num_classes == 10 and base.null_class == 10
